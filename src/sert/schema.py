@@ -69,6 +69,79 @@ class StageConfig:
     steps: List[str] = MISSING
 
 
+class GenerationMode(str, Enum):
+    topk_alternatives = "topk_alternatives"  # II-A1: top-k first tokens, then sampling
+    raw = "raw"  # Fig. 1 baseline: plain top-k/top-p sampling
+
+
+class GenerationBackend(str, Enum):
+    hf = "hf"  # batched KV-cache sampler over a transformers model (sert.generate.sample_batch)
+    vllm = "vllm"  # optional extra for GPU machines
+
+
+@dataclass
+class GenerationConfig:
+    mode: GenerationMode = GenerationMode.topk_alternatives
+    first_k: int = 5  # III-A: top 5 first tokens
+    samples_per_token: int = 5  # III-A: 5 sequences per first token
+    top_k: int = 10  # III-A
+    top_p: float = 0.95  # III-A
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    stop: List[str] = field(default_factory=lambda: ["Question:"])
+    batch_size: int = 8  # questions per batch (x first_k*samples_per_token rows); not in the cache key
+    backend: GenerationBackend = GenerationBackend.hf
+
+
+@dataclass
+class PatternFilterConfig:
+    _target_: str = "sert.filters.PatternFilter"
+    imitative: List[str] = field(default_factory=lambda: [r"Question\s*:", r"\bAnswer\s*:"])
+    drop_stopped: bool = True
+    direct_max_words: int = 6
+    direct_patterns: List[str] = field(default_factory=list)
+    min_options_listed: int = 3
+    option_label_re: str = r"\(([A-E])\)"
+
+
+@dataclass
+class LengthFilterConfig:
+    _target_: str = "sert.filters.LengthFilter"
+    min_tokens: int = 25  # III-A
+
+
+@dataclass
+class Rep2FilterConfig:
+    _target_: str = "sert.filters.Rep2Filter"
+    max_rate: float = 0.20  # III-A
+    n: int = 2
+    unit: str = "tokens"  # tokens | words
+
+
+@dataclass
+class PerplexityFilterConfig:
+    _target_: str = "sert.filters.PerplexityFilter"
+    min_ppl: float = 5.0  # III-A
+
+
+@dataclass
+class SelectorConfig:
+    _target_: str = "sert.filters.Selector"
+    n: int = 2
+    unit: str = "tokens"
+
+
+@dataclass
+class FilterConfig:
+    input: Optional[str] = None  # an existing candidates.jsonl to filter instead of generating
+    order: List[str] = field(default_factory=lambda: ["pattern", "length", "rep2", "perplexity"])
+    pattern: PatternFilterConfig = field(default_factory=PatternFilterConfig)
+    length: LengthFilterConfig = field(default_factory=LengthFilterConfig)
+    rep2: Rep2FilterConfig = field(default_factory=Rep2FilterConfig)
+    perplexity: PerplexityFilterConfig = field(default_factory=PerplexityFilterConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+
+
 @dataclass
 class PathsConfig:
     output_dir: str = "outputs"
@@ -84,8 +157,8 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # Groups filled by their stage modules; typed there (see register()).
-    generation: Any = None
-    filter: Any = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     trainer: Any = None
     teacher: Any = None
     judge: Any = None

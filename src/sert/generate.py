@@ -1,0 +1,341 @@
+"""Latent reasoning path generation (paper II-A1, III-A): ``stage=generate``.
+
+For every question the prompt ``Question: q Answer:`` is encoded ONCE; its last-position logits give
+the first-step distribution, whose top-``first_k`` tokens start the paths. The prompt's KV cache is
+then repeated ``first_k * samples_per_token`` times and all paths of a batch of questions are sampled
+together in one loop (top-k 10 / top-p 0.95 warping, temperature 1). The log-probability of every
+sampled token under the model's RAW distribution (log_softmax of the unwarped, temperature-1 logits)
+is accumulated in the same loop, so ``ppl`` needs no second forward pass.
+
+Randomness is per question: a ``torch.Generator`` seeded from (seed, qid) draws one uniform per path
+per step and tokens are drawn by inverse CDF, so a question's samples do not depend on which other
+questions share its batch (``batch_size`` is not part of the cache key). Left padding only changes
+logits at float-rounding level, which can in principle flip a sample whose uniform lands within ~1e-6
+of a CDF boundary; we accept that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sert.artifacts import stable_hash, write_jsonl
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FIELDS = ("qid", "question", "answer", "first_token", "first_token_rank", "sample", "text",
+                    "num_tokens", "ppl", "finish_reason")
+
+
+@dataclass
+class SamplingSpec:
+    mode: str = "topk_alternatives"  # topk_alternatives | raw
+    first_k: int = 5
+    samples_per_token: int = 5
+    top_k: int = 10
+    top_p: float = 0.95
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    stop: Sequence[str] = ("Question:",)
+
+    @property
+    def paths_per_question(self) -> int:
+        return self.first_k * self.samples_per_token
+
+
+# ----------------------------------------------------------------------------- sampling primitives
+def warp(logits: torch.Tensor, top_k: int, top_p: float, temperature: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on a (rows, vocab) logits tensor -> probabilities."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep tokens until mass reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw one index per row of ``probs`` from uniforms ``u`` (rows,) in [0, 1)."""
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def question_generator(seed: int, qid: str) -> torch.Generator:
+    return torch.Generator().manual_seed(int(stable_hash([seed, qid]), 16) % (2**63))
+
+
+def stop_cut(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in ``text`` (None if none occurs)."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+# ----------------------------------------------------------------------------- the batched sampler
+@torch.no_grad()
+def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: SamplingSpec, seed: int) -> list[list[dict]]:
+    """All paths of a batch of questions. Returns per question a list of path dicts (first_token,
+    first_token_rank, sample, text, token_ids, num_tokens, ppl, finish_reason)."""
+    device = next(model.parameters()).device
+    B, K, S, P = len(prompts), spec.first_k, spec.samples_per_token, spec.paths_per_question
+    gens = [question_generator(seed, q) for q in qids]
+    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+    mask = enc.attention_mask
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    first_logits = out.logits[:, -1].float()  # (B, V)
+    first_logp = first_logits.log_softmax(-1)
+
+    # first tokens: top-k alternatives (rank r repeated S times) or plain warped sampling
+    if spec.mode == "topk_alternatives":
+        ranks = torch.arange(K).repeat_interleave(S)  # (P,)
+        first = torch.topk(first_logits, K, dim=-1).indices[:, ranks]  # (B, P)
+    elif spec.mode == "raw":
+        ranks = None
+        probs = warp(first_logits, spec.top_k, spec.top_p, spec.temperature)
+        u = torch.stack([torch.rand(P, generator=g) for g in gens]).to(device)  # (B, P)
+        first = inverse_cdf(probs.repeat_interleave(P, 0), u.reshape(-1)).reshape(B, P)
+    else:
+        raise ValueError(f"generation.mode must be topk_alternatives or raw, got {spec.mode!r}")
+
+    R = B * P
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(P)  # the prompt is encoded once, its cache shared by P paths
+    mask = mask.repeat_interleave(P, 0)
+    next_pos = pos[:, -1].repeat_interleave(P) + 1  # (R,)
+    tokens = first.reshape(-1)  # (R,)
+    logps = [first_logp.repeat_interleave(P, 0).gather(1, tokens[:, None]).squeeze(1)]
+    ids = [tokens]
+    eos = tok.eos_token_id
+    done = tokens == eos
+    finish = ["eos" if d else "" for d in done.tolist()]
+    alive = torch.arange(R, device=device)  # rows still in the batch (finished rows are dropped from the cache)
+    tail = max((len(s) for s in spec.stop), default=0) + 8  # tokens decoded for the stop-string check
+    _check_stops(tok, ids, alive, done, finish, spec.stop, tail)
+
+    for _ in range(spec.max_new_tokens - 1):
+        if bool(done.all()):
+            break
+        keep = (~done[alive]).nonzero().squeeze(1)
+        if len(keep) < len(alive):  # compact: finished rows leave the KV cache
+            cache.batch_select_indices(keep)
+            alive, mask, next_pos = alive[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        out = model(input_ids=tokens[alive][:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, next_pos = out.past_key_values, next_pos + 1
+        logits = out.logits[:, -1].float()
+        probs = warp(logits, spec.top_k, spec.top_p, spec.temperature)
+        u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
+        step_tok = inverse_cdf(probs, u[alive])
+        step_lp = logits.log_softmax(-1).gather(1, step_tok[:, None]).squeeze(1)
+        tokens = torch.full((R,), eos, dtype=torch.long, device=device)
+        tokens[alive] = step_tok
+        lp = torch.zeros(R, device=device)
+        lp[alive] = step_lp
+        ids.append(tokens), logps.append(lp)
+        newly_eos = torch.zeros(R, dtype=torch.bool, device=device)
+        newly_eos[alive] = step_tok == eos
+        for r in newly_eos.nonzero().squeeze(1).tolist():
+            finish[r] = "eos"
+        done = done | newly_eos
+        _check_stops(tok, ids, alive, done, finish, spec.stop, tail)
+
+    return _assemble(tok, torch.stack(ids, 1).cpu(), torch.stack(logps, 1).cpu(), finish, ranks, B, P, S, spec.stop)
+
+
+def _check_stops(tok, ids: list[torch.Tensor], alive: torch.Tensor, done: torch.Tensor, finish: list[str],
+                 stops: Sequence[str], tail: int) -> None:
+    """Mark rows whose recent text contains a stop string (decoding only the last ``tail`` tokens)."""
+    if not stops:
+        return
+    recent = torch.stack(ids[-tail:], 1)
+    for r in alive.tolist():
+        if not done[r] and stop_cut(tok.decode(recent[r]), stops) is not None:
+            done[r] = True
+            finish[r] = "stop"
+
+
+def _assemble(tok, ids: torch.Tensor, logps: torch.Tensor, finish: list[str], ranks, B: int, P: int, S: int,
+              stops: Sequence[str]) -> list[list[dict]]:
+    """Turn the sampled (rows, steps) tokens into path dicts: cut at EOS / stop string, score ppl."""
+    eos = tok.eos_token_id
+    results: list[list[dict]] = [[] for _ in range(B)]
+    for r in range(B * P):
+        row = ids[r].tolist()
+        n = row.index(eos) if eos in row else len(row)  # EOS itself is not part of the completion
+        reason = finish[r] or "length"
+        text = tok.decode(row[:n])
+        if reason == "stop":
+            cut = stop_cut(text, stops)
+            if cut is not None:  # keep the tokens that lie wholly before the stop string
+                while n > 0 and len(tok.decode(row[:n])) > cut:
+                    n -= 1
+                text = text[:cut]
+        lp = logps[r, :n]
+        ppl = float(torch.exp(-lp.mean())) if n else None
+        q, p = divmod(r, P)
+        results[q].append({
+            "first_token": tok.decode([row[0]]),
+            "first_token_rank": None if ranks is None else int(ranks[p]),
+            "sample": p if ranks is None else p % S,
+            "text": text.strip(),
+            "token_ids": row[:n],
+            "num_tokens": n,
+            "ppl": ppl,
+            "finish_reason": reason,
+        })
+    return results
+
+
+# ----------------------------------------------------------------------------- the HF backend over a dataset
+def generate_hf(model, tok, items: list[tuple[str, str]], spec: SamplingSpec, seed: int, batch_size: int,
+                on_batch: Callable[[int, list[list[dict]]], None] | None = None, start: int = 0) -> list[list[dict]]:
+    """Sample paths for ``items`` = [(qid, prompt)], ``batch_size`` questions at a time, from item ``start``."""
+    results: list[list[dict]] = []
+    bar = tqdm(total=len(items) * spec.paths_per_question, initial=start * spec.paths_per_question,
+               desc="generate", unit="sample", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for i in range(start, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        paths = sample_batch(model, tok, [p for _, p in chunk], [q for q, _ in chunk], spec, seed)
+        results.extend(paths)
+        if on_batch:
+            on_batch(i, paths)
+        bar.update(len(chunk) * spec.paths_per_question)
+        bar.set_postfix(samples_s=f"{(bar.n - bar.initial) / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    return results
+
+
+def generate_vllm(model_kwargs: dict, items: list[tuple[str, str]], spec: SamplingSpec, seed: int) -> list[list[dict]]:
+    """Same outputs through vLLM (GPU machines; optional extra, untested here: no GPU on the dev box).
+
+    First step: one request per question with ``max_tokens=1, logprobs=first_k`` gives the top-k first
+    tokens; then ``samples_per_token`` continuations of prompt + token with ``logprobs=0`` (the sampled
+    token's logprob; vLLM reports raw, pre-warping logprobs by default)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as e:
+        raise ImportError("generation.backend=vllm needs the optional vllm package (pip install vllm, GPU "
+                          "machine); use generation.backend=hf otherwise") from e
+    if model_kwargs.get("gguf_file") or model_kwargs.get("random_init"):
+        raise ValueError("generation.backend=vllm supports hub ids / local HF dirs only")
+    llm = LLM(model=model_kwargs["name_or_path"], tokenizer=model_kwargs.get("tokenizer") or model_kwargs["name_or_path"],
+              seed=seed, dtype=model_kwargs.get("dtype", "auto"))
+    tok = llm.get_tokenizer()
+    prompts = [p for _, p in items]
+    K, S = spec.first_k, spec.samples_per_token
+    common = dict(temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p, stop=list(spec.stop),
+                  max_tokens=spec.max_new_tokens - 1, logprobs=0, seed=seed)
+    if spec.mode == "raw":
+        outs = llm.generate(prompts, SamplingParams(n=K * S, **{**common, "max_tokens": spec.max_new_tokens}))
+        return [[_vllm_path(tok, c, None, None, j) for j, c in enumerate(o.outputs)] for o in outs]
+    first = llm.generate(prompts, SamplingParams(max_tokens=1, logprobs=K, temperature=0.0))
+    conts, meta = [], []
+    for q, o in enumerate(first):
+        top = sorted(o.outputs[0].logprobs[0].items(), key=lambda kv: -kv[1].logprob)[:K]
+        for rank, (tid, lp) in enumerate(top):
+            conts.append({"prompt_token_ids": list(o.prompt_token_ids) + [tid]})
+            meta.append((q, rank, tid, lp.logprob))
+    outs = llm.generate(conts, SamplingParams(n=S, **common))
+    results: list[list[dict]] = [[] for _ in items]
+    for (q, rank, tid, lp0), o in zip(meta, outs):
+        for j, c in enumerate(o.outputs):
+            results[q].append(_vllm_path(tok, c, (tid, lp0), rank, j))
+    return results
+
+
+def _vllm_path(tok, c, first: tuple[int, float] | None, rank: int | None, sample: int) -> dict:
+    import math
+
+    ids = list(c.token_ids)
+    lps = [next(iter(d.values())).logprob if len(d) == 1 else d[t].logprob for t, d in zip(ids, c.logprobs or [])]
+    if first is not None:
+        ids, lps = [first[0], *ids], [first[1], *lps]
+    if ids and ids[-1] == tok.eos_token_id:
+        ids, lps = ids[:-1], lps[:-1]
+    reason = {"stop": "stop" if c.stop_reason is not None else "eos", "length": "length"}.get(c.finish_reason, c.finish_reason)
+    return {"first_token": tok.decode(ids[:1]), "first_token_rank": rank, "sample": sample,
+            "text": tok.decode(ids).strip(), "token_ids": ids, "num_tokens": len(ids),
+            "ppl": math.exp(-sum(lps) / len(lps)) if lps else None, "finish_reason": reason}
+
+
+# ----------------------------------------------------------------------------- the step
+def spec_from_cfg(g) -> SamplingSpec:
+    return SamplingSpec(mode=str(getattr(g.mode, "value", g.mode)), first_k=g.first_k,
+                        samples_per_token=g.samples_per_token, top_k=g.top_k, top_p=g.top_p,
+                        temperature=g.temperature, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop))
+
+
+def run(ctx):
+    """``stage=generate``: candidates.jsonl for the configured split (cached by model + generation cfg)."""
+    from dataclasses import asdict
+
+    from sert.artifacts import read_jsonl_tolerant, append_jsonl
+
+    g = ctx.cfg.generation
+    spec = spec_from_cfg(g)
+    backend = str(getattr(g.backend, "value", g.backend))
+    ds = ctx.dataset()
+    prompts = ctx.prompts
+    items = [(r.qid, prompts.generation_prompt(r)) for r in ds.records]
+    by_qid = {r.qid: r for r in ds.records}
+    material = {"model": ctx.model_identity(), "sampling": {**asdict(spec), "stop": list(spec.stop)},
+                "backend": backend, "seed": ctx.cfg.seed, "prompt": prompts.generate}
+
+    def rows_of(qid: str, paths: list[dict]) -> list[dict]:
+        rec = by_qid[qid]
+        return [{"qid": qid, "question": rec.question, "answer": rec.answer, **p} for p in paths]
+
+    def build(d: Path) -> dict:
+        t0 = time.perf_counter()
+        partial = d / "candidates.partial.jsonl"  # append-only per batch: a killed run resumes here
+        done_rows = read_jsonl_tolerant(partial)
+        done_q = {r["qid"] for r in done_rows}
+        start = 0
+        while start < len(items) and items[start][0] in done_q:
+            start += 1
+        if start:
+            log.info("resuming generation after %d/%d questions", start, len(items))
+        done_rows = [r for r in done_rows if r["qid"] in {q for q, _ in items[:start]}]
+        if backend == "vllm":
+            results = generate_vllm(ctx.model_kwargs(), items, spec, ctx.cfg.seed)
+            rows = [row for (q, _), paths in zip(items, results) for row in rows_of(q, paths)]
+        else:
+            from sert.models import load_model
+
+            model, tok = load_model(**ctx.model_kwargs())
+
+            def save(i: int, paths: list[list[dict]]) -> None:
+                for (q, _), ps in zip(items[i:i + len(paths)], paths):
+                    for row in rows_of(q, ps):
+                        append_jsonl(partial, row)
+
+            results = generate_hf(model, tok, items, spec, ctx.cfg.seed, g.batch_size, on_batch=save, start=start)
+            rows = done_rows + [row for (q, _), paths in zip(items[start:], results) for row in rows_of(q, paths)]
+        write_jsonl(d / "candidates.jsonl", rows)
+        partial.unlink(missing_ok=True)
+        seconds = time.perf_counter() - t0
+        ntok = sum(r["num_tokens"] for r in rows)
+        finish = {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")}
+        metrics = {"generate/candidates": len(rows), "generate/questions": len(items),
+                   "generate/tokens": ntok, "generate/samples_per_s": round(len(rows) / max(seconds, 1e-9), 2),
+                   **{f"generate/finish_{k}": v for k, v in finish.items()}}
+        return {"candidates": len(rows), "questions": len(items), "metrics": metrics}
+
+    out = ctx.cached("generate", material, [ds], build)
+    print(f"generate: {out.summary['candidates']} candidates for {out.summary['questions']} questions "
+          f"-> {out.path('candidates.jsonl')}{' (cached)' if out.cached else ''}")
+    return out
