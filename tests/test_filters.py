@@ -1,0 +1,164 @@
+"""Filters, rep-n, selector, chain order and filter= presets, checked against hand-computed examples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import compose
+from hydra.utils import instantiate
+
+from sert.filters import (LengthFilter, PatternFilter, PerplexityFilter, Rep2Filter, Selector, apply_chain,
+                          read_candidates)
+from sert.textstats import ngrams, rep_n, words
+
+Q = "Where do you keep milk cold? Answer choices: (A) oven, (B) fridge, (C) shelf, (D) car, (E) bag."
+
+
+def cand(text="some reasoning", qid="q1", ids=None, n=30, ppl=10.0, rank=0, sample=0, finish="eos"):
+    return {"qid": qid, "question": Q, "answer": "B", "first_token": "x", "first_token_rank": rank,
+            "sample": sample, "text": text, "token_ids": list(range(n)) if ids is None else ids,
+            "num_tokens": n if ids is None else len(ids), "ppl": ppl, "finish_reason": finish}
+
+
+# ----------------------------------------------------------------------------- rep-n
+def test_rep2_hand_computed():
+    # bigrams ab, ba, ab, ba -> 2 unique of 4 -> 1 - 2/4
+    assert rep_n(list("ababa"), 2) == 0.5
+    assert rep_n([1, 2, 3, 4], 2) == 0.0
+    # aaaa: bigrams aa, aa, aa -> 1 - 1/3
+    assert rep_n("aaaa", 2) == pytest.approx(2 / 3)
+    # unigrams a b a c: 3 unique of 4
+    assert rep_n("abac", 1) == 0.25
+    assert rep_n([7], 2) == 0.0  # no bigram at all: nothing repeats
+    assert ngrams([1, 2, 3], 2) == [(1, 2), (2, 3)]
+    with pytest.raises(ValueError):
+        ngrams([1], 0)
+
+
+def test_words_unit():
+    assert words("The fridge, the FRIDGE.") == ["the", "fridge", ",", "the", "fridge", "."]
+
+
+def test_rep2_filter_threshold_and_units():
+    f = Rep2Filter(max_rate=0.20)
+    assert f.check(cand(ids=[1, 2, 3, 4, 5, 6])) is None
+    # 1 2 1 2 1 2: bigrams 12 21 12 21 12 -> 1 - 2/5 = 0.6 > 0.2
+    assert "0.600" in f.check(cand(ids=[1, 2, 1, 2, 1, 2]))
+    # exactly at the threshold is kept (drop only rate > max_rate): 5 bigrams, 4 unique -> 0.2
+    assert Rep2Filter(max_rate=0.2).check(cand(ids=[1, 2, 3, 1, 2, 9])) is None
+    fw = Rep2Filter(max_rate=0.2, unit="words")
+    assert fw.check(cand(text="go go go go")) is not None  # go go x3 -> 1 - 1/3
+    with pytest.raises(ValueError, match="unit=words"):
+        f.check({k: v for k, v in cand().items() if k != "token_ids"})
+
+
+# ----------------------------------------------------------------------------- other filters
+def test_length_filter():
+    f = LengthFilter(min_tokens=25)
+    assert f.check(cand(n=25)) is None
+    assert f.check(cand(n=24)) == "length: 24 < 25 tokens"
+
+
+def test_perplexity_filter():
+    f = PerplexityFilter(min_ppl=5)
+    assert f.check(cand(ppl=5.0)) is None
+    assert f.check(cand(ppl=4.99)) is not None
+    assert "undefined" in f.check(cand(ppl=None))
+
+
+def test_perplexity_arithmetic():
+    # ppl = exp(-mean log p): token probs 1/2 and 1/8 -> exp((ln2 + ln8)/2) = sqrt(16) = 4
+    lps = [math.log(1 / 2), math.log(1 / 8)]
+    assert math.exp(-sum(lps) / len(lps)) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("Question: Where is milk? Answer: fridge", "imitative"),
+    ("the fridge keeps it cold. Answer: (B)", "imitative"),
+    ("(B) fridge", "direct"),
+    ("fridge", "direct"),
+    ("Yes.", "direct"),
+    ("", "direct"),
+    ("(A) oven (B) fridge (C) shelf (D) car", "repetitive"),
+    ("you could use an oven, a fridge, a shelf or a car to keep things in general", "repetitive"),
+])
+def test_pattern_filter_drops(text, kind):
+    reason = PatternFilter().check(cand(text=text))
+    assert reason is not None and reason.startswith(kind), reason
+
+
+@pytest.mark.parametrize("text", [
+    "Milk spoils when it is warm, so people keep it somewhere that stays cold all the time, like a fridge.",
+    "A fridge.  It is cold inside and milk needs to stay cold to not go bad, unlike an oven.",
+])
+def test_pattern_filter_keeps_reasoning(text):
+    assert PatternFilter().check(cand(text=text)) is None
+
+
+def test_pattern_filter_stopped_and_knobs():
+    assert PatternFilter().check(cand(finish="stop")).startswith("imitative")
+    assert PatternFilter(drop_stopped=False).check(cand(finish="stop")) is None
+    assert PatternFilter(min_options_listed=0).check(cand(text="(A) oven is hot, (B) fridge, (C) shelf, and more")) is None
+    assert PatternFilter(direct_patterns=[r"so.*"], direct_max_words=0).check(cand(text="so it is")) is not None
+
+
+# ----------------------------------------------------------------------------- selector + chain
+def test_selector_lowest_rep2_and_ties():
+    rows = [cand(qid="q1", ids=[1, 2, 1, 2, 1], rank=0, sample=0),   # rep2 0.5
+            cand(qid="q1", ids=[1, 2, 3, 4, 5], rank=3, sample=1),   # rep2 0 (tie)
+            cand(qid="q1", ids=[5, 6, 7, 8, 9], rank=1, sample=4),   # rep2 0 (tie): lower rank wins
+            cand(qid="q1", ids=[9, 8, 7, 6, 5], rank=1, sample=2),   # same rank, lower sample wins
+            cand(qid="q2", ids=[1, 1, 1], rank=4, sample=0)]          # only path of q2
+    sel = {r["qid"]: r for r in Selector().select(rows)}
+    assert sel["q1"]["token_ids"] == [9, 8, 7, 6, 5] and sel["q1"]["rep2"] == 0.0
+    assert sel["q2"]["rep2"] == 0.5
+
+
+def test_chain_order_and_funnel():
+    rows = [cand(text="Question: x Answer: y", n=40),  # pattern
+            cand(text="short but reasoning is here and long enough", n=5),  # length
+            cand(text="fine reasoning text that is long enough to keep going on", ppl=2.0),  # perplexity
+            cand(qid="q2", text="fine reasoning text that is long enough to keep going on")]
+    chain = [("length", LengthFilter(25)), ("pattern", PatternFilter()), ("perplexity", PerplexityFilter(5))]
+    selected, rejected, stats = apply_chain(rows, chain, Selector())
+    assert [f["filter"] for f in stats["funnel"]] == ["length", "pattern", "perplexity"]
+    assert [(f["in"], f["kept"], f["dropped"]) for f in stats["funnel"]] == [(4, 3, 1), (3, 2, 1), (2, 1, 1)]
+    assert [f["questions_with_path"] for f in stats["funnel"]] == [2, 2, 1]
+    assert [r["dropped_by"] for r in rejected] == ["length", "pattern", "perplexity"]
+    assert [r["qid"] for r in selected] == ["q2"] and stats["selected"] == 1
+    # order matters for attribution: pattern first takes the short imitative row too
+    _, rej2, _ = apply_chain([cand(text="Question: a", n=3)], [("pattern", PatternFilter()), ("length", LengthFilter())], Selector())
+    assert rej2[0]["dropped_by"] == "pattern"
+
+
+@pytest.mark.parametrize("preset,order", [
+    ("full", ["pattern", "length", "rep2", "perplexity"]),
+    ("pattern_length_rep2", ["pattern", "length", "rep2"]),
+    ("pattern_length", ["pattern", "length"]),
+    ("pattern", ["pattern"]),
+    ("raw", []),
+])
+def test_every_filter_preset_composes(preset, order):
+    cfg = compose(f"filter={preset}", "filter.length.min_tokens=40")
+    assert list(cfg.filter.order) == order
+    objs = {n: instantiate(cfg.filter[n], _convert_="all") for n in ("pattern", "length", "rep2", "perplexity")}
+    assert objs["length"].min_tokens == 40 and objs["rep2"].max_rate == 0.2 and objs["perplexity"].min_ppl == 5
+    assert isinstance(instantiate(cfg.filter.selector), Selector)
+
+
+def test_reorder_from_command_line_and_typo():
+    assert list(compose("filter.order=[length,pattern]").filter.order) == ["length", "pattern"]
+    with pytest.raises(Exception, match="min_tokns"):
+        compose("filter.length.min_tokns=3")
+
+
+def test_read_candidates_errors(tmp_path):
+    bad = tmp_path / "c.jsonl"
+    bad.write_text(json.dumps(cand()) + "\n{not json\n")
+    with pytest.raises(ValueError, match="c.jsonl:2"):
+        read_candidates(bad)
+    bad.write_text(json.dumps({"qid": "q", "text": "t"}) + "\n")
+    with pytest.raises(ValueError, match="missing fields"):
+        read_candidates(bad)

@@ -1,0 +1,159 @@
+"""The batched KV-cache sampler against independent forward passes, and stage=generate/filter via the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli, run_dirs
+
+from sert.generate import CANDIDATE_FIELDS, SamplingSpec, inverse_cdf, sample_batch, warp
+from sert.models import load_model
+
+PROMPTS = ["Question: Where do you keep milk cold? Answer:", "Question: Is water wet? Answer:"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny", random_init={"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 512, "seed": 0},
+                      device="cpu")
+
+
+def spec(**kw) -> SamplingSpec:
+    return SamplingSpec(**{"first_k": 3, "samples_per_token": 2, "max_new_tokens": 12, "stop": (), **kw})
+
+
+def test_warp_topk_topp():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(warp(logits, 2, 1.0, 1.0), torch.tensor([[0.625, 0.375, 0, 0]]))
+    # top-p 0.7: 0.5 < 0.7 so 0.3 is needed too; 0.15 and 0.05 are dropped
+    assert torch.allclose(warp(logits, 0, 0.7, 1.0), torch.tensor([[0.625, 0.375, 0, 0]]))
+    assert torch.allclose(warp(logits, 0, 0.95, 1.0)[0, :3].sum(), torch.tensor(1.0))
+    probs = torch.tensor([[0.2, 0.0, 0.8]])
+    assert inverse_cdf(probs, torch.tensor([0.1])).item() == 0
+    assert inverse_cdf(probs, torch.tensor([0.5])).item() == 2
+
+
+def test_fields_shapes_and_first_tokens(tiny):
+    model, tok = tiny
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(), seed=1)
+    assert [len(r) for r in res] == [6, 6]
+    for prompt, paths in zip(PROMPTS, res):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        top = torch.topk(model(ids).logits[0, -1], 3).indices.tolist()  # unpadded, independent pass
+        assert [p["token_ids"][0] for p in paths] == [t for t in top for _ in range(2)]
+        assert [p["first_token_rank"] for p in paths] == [0, 0, 1, 1, 2, 2]
+        assert [p["sample"] for p in paths] == [0, 1] * 3
+        for p in paths:
+            assert set(CANDIDATE_FIELDS) - {"qid", "question", "answer"} <= set(p)
+            assert p["num_tokens"] == len(p["token_ids"]) <= 12
+            assert p["finish_reason"] in ("eos", "length")
+
+
+def test_ppl_matches_independent_forward_pass(tiny):
+    model, tok = tiny
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(max_new_tokens=10), seed=3)
+    checked = 0
+    for prompt, paths in zip(PROMPTS, res):
+        pids = tok(prompt).input_ids
+        for p in paths:
+            if not p["num_tokens"]:
+                continue
+            ids = torch.tensor([pids + p["token_ids"]])
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+            tgt = ids[0, 1:]
+            nll = -logp[torch.arange(len(tgt)), tgt][len(pids) - 1:]  # completion tokens only
+            assert p["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-4)
+            checked += 1
+    assert checked >= 10
+
+
+def test_reproducible_and_batch_invariant(tiny):
+    model, tok = tiny
+    a = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(), seed=7)
+    b = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(), seed=7)
+    alone = sample_batch(model, tok, PROMPTS[1:], ["b"], spec(), seed=7)
+    other = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(), seed=8)
+    ids = lambda r: [p["token_ids"] for q in r for p in q]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(alone) == ids(a)[6:]  # question b alone == question b in a batch of two
+    assert ids(other) != ids(a)
+
+
+def test_raw_mode(tiny):
+    model, tok = tiny
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(mode="raw"), seed=1)
+    assert [len(r) for r in res] == [6, 6]
+    assert all(p["first_token_rank"] is None for r in res for p in r)
+    assert [p["sample"] for p in res[0]] == list(range(6))
+
+
+def test_stop_strings(tiny):
+    model, tok = tiny
+    base = sample_batch(model, tok, PROMPTS[:1], ["a"], spec(max_new_tokens=30), seed=5)[0]
+    row = next(p for p in base if p["num_tokens"] >= 20)
+    i = base.index(row)
+    full = tok.decode(row["token_ids"])
+    stop = tok.decode(row["token_ids"][12:14])
+    cut = full.find(stop)
+    stopped = sample_batch(model, tok, PROMPTS[:1], ["a"], spec(max_new_tokens=30, stop=(stop,)), seed=5)[0][i]
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text"] == full[:cut].strip()
+    assert stopped["token_ids"] == row["token_ids"][:stopped["num_tokens"]]
+    assert len(tok.decode(stopped["token_ids"])) <= cut
+    # a stop string equal to the first token stops at once with an empty completion
+    first = sample_batch(model, tok, PROMPTS[:1], ["a"], spec(stop=(tok.decode(row["token_ids"][:1]),)), seed=5)[0][i]
+    assert (first["finish_reason"], first["text"], first["num_tokens"], first["ppl"]) == ("stop", "", 0, None)
+
+
+# ----------------------------------------------------------------------------- the CLI end to end
+def _steps(run_dir):
+    return {s["step"]: s for s in json.loads((run_dir / "run.json").read_text())["steps"]}
+
+
+def test_cli_filter_end_to_end(csqa_files, tmp_path):
+    data, split = csqa_files
+    out = tmp_path / "out"
+    common = ["model=tiny", f"dataset.path={data}", f"dataset.split_file={split}", "generation.max_new_tokens=30",
+              "generation.batch_size=2", "filter.length.min_tokens=10"]
+    p1 = run_cli("stage=filter", *common, out=out)
+    assert "filter funnel: 75 candidates / 3 questions" in p1.stdout
+    run1 = run_dirs(out)[-1]
+    steps = _steps(run1)
+    assert not steps["generate"]["cached"]
+    cands = [json.loads(line) for line in (run1 / "generate" / "candidates.jsonl").read_text().splitlines()]
+    assert len(cands) == 75 and set(CANDIDATE_FIELDS) <= set(cands[0])
+    stats = json.loads((run1 / "filter" / "filter_stats.json").read_text())
+    assert [f["filter"] for f in stats["funnel"]] == ["pattern", "length", "rep2", "perplexity"]
+    sel = [json.loads(x) for x in (run1 / "filter" / "selected.jsonl").read_text().splitlines()]
+    rej = [json.loads(x) for x in (run1 / "filter" / "rejected.jsonl").read_text().splitlines()]
+    assert len(sel) == stats["selected"] and len(sel) + len(rej) <= 75 and all("rep2" in r for r in sel)
+    assert len(rej) == sum(f["dropped"] for f in stats["funnel"])
+    assert steps["filter"]["summary"]["metrics"]["filter/pattern/in"] == 75
+
+    # another preset (and another batch size) reuses the cached generation
+    p2 = run_cli("stage=filter", *common, "filter=pattern", "generation.batch_size=3", out=out)
+    steps2 = _steps(run_dirs(out)[-1])
+    assert steps2["generate"]["cached"] and steps2["generate"]["key"] == steps["generate"]["key"]
+    assert not steps2["filter"]["cached"] and "pattern" in p2.stdout and "rep2 " not in p2.stdout
+
+    # filter.input: an existing candidates file, no generation at all
+    cand_file = tmp_path / "cands.jsonl"
+    cand_file.write_text((run1 / "generate" / "candidates.jsonl").read_text())
+    run_cli("stage=filter", "model=tiny", f"filter.input={cand_file}", "filter=raw", out=out)
+    steps3 = _steps(run_dirs(out)[-1])
+    assert "generate" not in steps3 and steps3["filter"]["summary"]["selected"] == 3
+
+
+def test_cli_filter_errors(tmp_path):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"qid": "q", "text": "t", "num_tokens": 3, "ppl": 2.0}\n{"qid": \n')
+    p = run_cli("stage=filter", "model=tiny", f"filter.input={bad}", out=out, check=False)
+    assert p.returncode != 0 and "bad.jsonl:2: not valid JSON" in p.stderr
+    p = run_cli("stage=filter", "model=tiny", f"filter.input={tmp_path / 'missing.jsonl'}", out=out, check=False)
+    assert p.returncode != 0 and "no such file" in p.stderr
+    p = run_cli("stage=filter", "model=tiny", f"filter.input={bad}", "filter.order=[pattern,nope]", out=out, check=False)
+    assert p.returncode != 0 and "nope" in p.stderr
