@@ -160,9 +160,9 @@ def _check_stops(tok, ids: list[torch.Tensor], alive: torch.Tensor, done: torch.
     """Mark rows whose recent text contains a stop string (decoding only the last ``tail`` tokens)."""
     if not stops:
         return
-    recent = torch.stack(ids[-tail:], 1)
+    recent = torch.stack(ids[-tail:], 1).cpu()
     for r in alive.tolist():
-        if not done[r] and stop_cut(tok.decode(recent[r]), stops) is not None:
+        if not done[r] and stop_cut(tok.decode(recent[r].tolist()), stops) is not None:
             done[r] = True
             finish[r] = "stop"
 
