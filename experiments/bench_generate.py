@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SERT_SHARED_DIR", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("SERT_SHARED_DIR") or next(
+    (p for p in (ROOT.parent / "shared", Path("/work/shared")) if p.is_dir()), ROOT.parent / "shared"))
 FALLBACK_QUESTIONS = ["Where do you keep milk cold?", "What do birds use to fly?", "Where does the sun rise?",
                       "What melts ice?"]
 
