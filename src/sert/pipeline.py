@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # step name -> module whose ``run(ctx)`` executes it (imported lazily: `sert --help` stays fast).
 STEPS: dict[str, str] = {
     "data": "sert.pipeline",
+    "teacher": "sert.teacher",
+    "judge": "sert.judge",
 }
 
 
