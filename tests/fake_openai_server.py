@@ -4,8 +4,8 @@ Speaks ``/v1/completions``, ``/v1/chat/completions``, ``/v1/files`` (+ ``/conten
 Replies come from ``reply(prompt) -> str``; faults are scripted per prompt substring (``faults``) or for
 the next calls of any prompt (``next_faults``): ``"429"`` (with ``Retry-After``), ``"500"``, ``"slow"``
 (sleeps past the client's timeout), ``"malformed"`` (invalid JSON body). ``calls`` counts requests
-received per prompt, ``served`` the successful replies; ``on_request`` runs before each reply (a test
-uses it to SIGKILL a client mid-run). Also usable standalone: ``python tests/fake_openai_server.py``.
+received per prompt, ``served`` the successful replies; ``on_request(prompt)`` runs before each reply
+and drops the request unanswered when it returns True (a test uses it to SIGKILL a client mid-run). Also usable standalone: ``python tests/fake_openai_server.py``.
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ class FakeOpenAI:
                 with server.lock:
                     server.calls[prompt] += 1
                     server.bodies.append(body)
-                if server.on_request:
-                    server.on_request(prompt)
+                if server.on_request and server.on_request(prompt):
+                    self.close_connection = True  # the hook asked to drop this request unanswered
+                    return
                 fault = server._fault_for(prompt)
                 if fault == "429":
                     return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
@@ -218,6 +219,12 @@ def prompt_of(body: dict) -> str:
         return "\n".join(str(m.get("content", "")) for m in body["messages"])
     p = body.get("prompt", "")
     return p if isinstance(p, str) else "\n".join(map(str, p))
+
+
+def fake_server_fixture():
+    """Yield a started server (tests import this as a pytest fixture)."""
+    with FakeOpenAI() as srv:
+        yield srv
 
 
 if __name__ == "__main__":  # manual use: python tests/fake_openai_server.py
