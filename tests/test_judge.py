@@ -223,3 +223,17 @@ def test_judge_target_predictions_from_injected_evaluate_output(tmp_path, monkey
             (gen / f"{target}.jsonl").write_text(json.dumps({"qid": "y", "question": "Q?", "text": "good text"}) + "\n")
             ctx.outputs[{"candidates": "generate", "selected": "filter"}[target]] = StepOutput(target, "k2", gen)
             assert judge.run(ctx).summary["scored"] == 1
+
+
+def test_openai_judge_batch_mode_with_retry_round(tmp_path, monkeypatch):
+    from sert.judge import OpenAIJudge
+
+    items = items_from_rows([{"question": "Q1", "output": "good one"}, {"question": "Q2", "output": "nonsense"}], "x")
+    cfg = {**compose().judge}
+    with FakeOpenAI(judge_reply_factory(), batch_polls=1) as srv:
+        cfg.update(base_url=srv.base_url, mode="batch", poll_interval=0.01, api_key_env="NO_SUCH_VAR_SET")
+        backend = OpenAIJudge(cfg, str(tmp_path / "cache"))
+        rows = judge_items(backend, items, TABLE_I, 0.0, 0.7, tmp_path)
+        assert [r["overall"] for r in rows] == [8.0, None] and rows[1]["unparsable"]
+        assert srv.paths["/v1/batches"] == 2  # first round + the one retry round
+        assert sorted(p.name for p in tmp_path.glob("batch-*.json")) == ["batch-batch_1.json", "batch-batch_2.json"]
