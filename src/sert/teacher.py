@@ -64,6 +64,8 @@ def teacher_rows(rec: Record, sample: int, completion: str, **extra) -> dict:
 def collect(client: LLMClient, records: list[Record], prompts, t: dict, state_dir: Path) -> list[dict]:
     """Call the teacher for every (record, sample); rows for the successful calls."""
     sampling = sampling_params(t)
+    if t["n"] > 1 and not t["temperature"]:
+        log.warning("teacher.n=%d at temperature 0: the samples will be (nearly) identical", t["n"])
     reqs = [make_request(t["api"], t["model"], prompts.teacher_prompt(rec), sampling, index=s,
                          meta={"qid": rec.qid, "sample": s})
             for rec in records for s in range(t["n"])]
