@@ -221,12 +221,6 @@ def prompt_of(body: dict) -> str:
     return p if isinstance(p, str) else "\n".join(map(str, p))
 
 
-def fake_server_fixture():
-    """Yield a started server (tests import this as a pytest fixture)."""
-    with FakeOpenAI() as srv:
-        yield srv
-
-
 if __name__ == "__main__":  # manual use: python tests/fake_openai_server.py
     with FakeOpenAI() as srv:
         print(srv.base_url, flush=True)
