@@ -159,3 +159,16 @@ def test_estimate_cost():
     # 2M prompt tokens at $1.50/1M + 1M completion tokens at $2/1M = $5; batch halves it
     assert estimate_cost(2_000_000, 1_000_000, 1.5, 2.0) == 5.0
     assert estimate_cost(2_000_000, 1_000_000, 1.5, 2.0, 0.5) == 2.5
+
+
+def test_connection_error_is_retried_then_counted(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    c = LLMClient(ResponseCache(tmp_path / "r.jsonl"), base_url=f"http://127.0.0.1:{port}/v1", api_key_env="FAKE_KEY",
+                  max_retries=2, backoff_base=0.01, backoff_max=0.02, progress=False)
+    [res] = c.run(reqs("p"))
+    assert res.error == "connection" and res.attempts == 3 and c.stats.api_calls == 3 and c.stats.failed == 1
