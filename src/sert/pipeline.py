@@ -36,6 +36,8 @@ STEPS: dict[str, str] = {
     "data": "sert.pipeline",
     "generate": "sert.generate",
     "filter": "sert.filters",
+    "teacher": "sert.teacher",
+    "judge": "sert.judge",
 }
 
 

@@ -150,6 +150,54 @@ class PathsConfig:
 
 
 @dataclass
+class ApiConfig:
+    """An OpenAI-compatible endpoint (sert.llm_client): OpenAI, vLLM, llama.cpp server, Ollama."""
+    api: str = "completions"  # completions | chat
+    model: Optional[str] = "gpt-3.5-turbo-instruct"  # judge=hf: local model (null = the run's `model`)
+    base_url: Optional[str] = None  # null = api.openai.com; e.g. http://localhost:8000/v1 (vLLM)
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # NAME of the env var holding the key (never the key)
+    temperature: float = 0.0
+    max_tokens: int = 256
+    top_p: Optional[float] = None
+    stop: Optional[List[str]] = None
+    mode: str = "online"  # online | batch (OpenAI Batch API, 50% cheaper, resumable by batch id)
+    concurrency: int = 8
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    poll_interval: float = 30.0  # batch mode
+    batch_max_wait: Optional[float] = None  # batch mode: stop polling after N s (rerun resumes)
+    price_prompt: float = 0.0  # USD per 1M prompt tokens
+    price_completion: float = 0.0  # USD per 1M completion tokens
+    batch_discount: float = 0.5
+
+
+@dataclass
+class TeacherConfig(ApiConfig):
+    name: str = "openai"
+    n: int = 1  # samples per question
+    keep: str = "correct"  # correct | all
+    input: Optional[str] = None  # JSONL {qid or question, completion}: ingest instead of calling the API
+    retry_failed: bool = True  # a rerun of a finished step with failed calls retries only those
+
+
+@dataclass
+class JudgeConfig(ApiConfig):
+    _target_: str = "sert.judge.OpenAIJudge"  # sert.judge.OpenAIJudge | sert.judge.HFJudge
+    name: str = "openai"
+    template: str = MISSING  # Table I prompt with {eval_question} / {eval_completion}
+    target: str = "predictions"  # predictions | candidates | selected (ignored when input is set)
+    input: Optional[str] = None  # JSONL with question + output|text|completion (qid optional)
+    limit: Optional[int] = None  # first N outputs
+    sample: Optional[int] = None  # N questions drawn at random (seed), all their outputs kept
+    seed: int = 0
+    retry_temperature: float = 0.7  # the one retry of an unparsable reply samples at this temperature
+    hf_device: str = "auto"
+    hf_batch_size: int = 4
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -160,8 +208,8 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     trainer: Any = None
-    teacher: Any = None
-    judge: Any = None
+    teacher: TeacherConfig = MISSING
+    judge: JudgeConfig = MISSING
     evaluate: Any = None
     logger: Any = None
     experiment_name: Optional[str] = None  # groups runs of one experiment (W&B group); null = sweep dir name
