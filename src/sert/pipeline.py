@@ -183,7 +183,7 @@ class Manifest:
             listener(out)
 
     def write(self) -> Path:
-        from sert.secrets import redact
+        from sert.secrets import redact, redact_argv
 
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {
@@ -195,7 +195,7 @@ class Manifest:
             "wall_seconds": round(time.time() - self.started, 3),
             "versions": versions(),
             "git_commit": git_commit(),
-            "command": sys.argv,
+            "command": redact_argv(sys.argv),
         })
 
 

@@ -77,6 +77,23 @@ class PathsConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """``logger`` group (code: sert.tracking). ``logger=none`` uses only ``_target_``/``report_to``."""
+    _target_: str = "sert.tracking.NullLogger"
+    report_to: str = "none"  # what the HF Trainer reports to (trainer.report_to: ${logger.report_to})
+    project: str = "sert"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (WANDB_MODE, else online with WANDB_API_KEY, else offline) | online | offline | disabled
+    tags: List[str] = field(default_factory=list)  # extra tags (model/dataset/stage/filter are added)
+    notes: Optional[str] = None
+    max_table_rows: int = 200  # rows of predictions/selected paths per wandb.Table
+    log_tables: bool = True
+    log_manifest: bool = True  # run.json as a W&B artifact at finish
+    console: str = "off"  # W&B console capture: off | auto | wrap (the run's log file is in the run dir)
+    init_timeout: float = 60.0  # seconds wandb.init may take before logging is given up for the run
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -90,7 +107,7 @@ class Config:
     teacher: Any = None
     judge: Any = None
     evaluate: Any = None
-    logger: Any = None
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: Optional[str] = None  # groups runs of one experiment (W&B group); null = sweep dir name
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 42
