@@ -148,7 +148,8 @@ class Context:
 class Pipeline:
     """A stage: runs its steps in order (each pulling its own dependencies)."""
 
-    def __init__(self, name: str, steps: list[str]):
+    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = ()):
+        steps = [*steps, *(s for s in extra_steps if s not in steps)]  # e.g. a method stage + the judge
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")

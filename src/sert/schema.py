@@ -67,6 +67,7 @@ class StageConfig:
     _target_: str = "sert.pipeline.Pipeline"
     name: str = MISSING
     steps: List[str] = MISSING
+    extra_steps: List[str] = field(default_factory=list)  # appended to any stage: stage.extra_steps=[judge]
 
 
 @dataclass
