@@ -117,13 +117,16 @@ def test_experiment_composes_for_every_job(name: str):
     from hydra import initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    import sert.cli  # noqa: F401 - registers the schema and the sert.* resolvers
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.params or {})
         sweeps = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
         grid: list[list[str]] = [[]]
         for o in sweeps:
-            grid = [g + [f"{o.key_or_group}={v}"] for g in grid for v in o.sweep_string_iterator()]
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            grid = [g + [f"{o.key_or_group}={v}"] for g in grid for v in values]
         for job in grid:
             hydra_compose(config_name="config", overrides=[f"experiment={name}", *job])
 
