@@ -156,3 +156,31 @@ def test_disabled_mode_writes_nothing(tmp_path: Path, csqa_files, mode):
     run_cli("stage=data", *_data_args(csqa_files), f"logger.mode={mode}", out=out)
     (run_dir,) = [p.parent for p in (out / "runs").rglob("run.json")]
     assert not (run_dir / "wandb").exists()
+
+
+def test_tables_do_not_clobber_scalars(tmp_path: Path):
+    """`filter/selected` is a count; the selected paths table must live under another key."""
+    from sert.artifacts import write_json, write_jsonl
+    from sert.tracking import WandbLogger
+
+    write_jsonl(tmp_path / "selected.jsonl", [{"qid": f"q{i}", "text": "t", "rep2": 0.1} for i in range(5)])
+    write_json(tmp_path / "filter_stats.json", {"funnel": [{"filter": "pattern", "in": 9, "kept": 5, "dropped": 4,
+                                                             "questions_with_path": 5}]})
+    out = StepOutput("filter", "k", tmp_path, {"selected": 5, "metrics": {"filter/selected": 5}})
+    logged: list[dict] = []
+
+    class Run:
+        summary: dict = {}
+
+        def log(self, d):
+            logged.append(d)
+
+    lg = WandbLogger(max_table_rows=3)
+    lg.run = Run()
+    lg.log_step(out)
+    scalars, *tables = logged
+    assert scalars["filter/selected"] == 5 and Run.summary["filter/selected"] == 5
+    table_keys = {k for t in tables for k in t}
+    assert table_keys == {"filter/funnel_table", "filter/selected_table"} and not table_keys & set(scalars)
+    sel = next(t["filter/selected_table"] for t in tables if "filter/selected_table" in t)
+    assert len(sel.data) == 3 and sel.columns == ["qid", "text", "rep2"]

@@ -213,10 +213,10 @@ class WandbLogger:
 
             funnel = read_json(stats).get("funnel", [])
             cols = ["filter", "in", "kept", "dropped", "questions_with_path"]
-            media["filter/funnel"] = wandb.Table(columns=cols, data=[[f.get(c) for c in cols] for f in funnel])
+            media["filter/funnel_table"] = wandb.Table(columns=cols, data=[[f.get(c) for c in cols] for f in funnel])
         for name in ("predictions.jsonl", "selected.jsonl"):
             if out.path(name).is_file():
-                media[f"{prefix}/{name.split('.')[0]}"] = self._table(out.path(name))
+                media[f"{prefix}/{name.split('.')[0]}_table"] = self._table(out.path(name))  # not the count
         judge = out.path("judge_metrics.json")
         if judge.is_file():
             media.update(self._judge_media(judge, out.path("judge.jsonl")))
@@ -247,7 +247,7 @@ class WandbLogger:
         m = read_json(metrics_path)
         bins, dist = m.get("bins", []), m.get("distribution", {})
         data = [[crit, b, share] for crit, shares in dist.items() for b, share in zip(bins, shares)]
-        media: dict[str, Any] = {"judge/bins": wandb.Table(columns=["criterion", "bin", "share"], data=data)}
+        media: dict[str, Any] = {"judge/bins_table": wandb.Table(columns=["criterion", "bin", "share"], data=data)}
         if rows_path.is_file():
             scores = [r["overall"] for r in read_jsonl(rows_path) if r.get("overall") is not None]
             if scores:
