@@ -57,7 +57,7 @@ def compose(*overrides: str):
 def run_cli(*overrides: str, out: Path, check: bool = True, timeout: int = 600, env: dict | None = None):
     """Run the real `sert` CLI (python -m sert) with outputs and cache under ``out``."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SERT_OUTPUT_DIR": str(out),
-                "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", **(env or {})}
+                "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "sert", *overrides], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -152,7 +152,8 @@ class Context:
 class Pipeline:
     """A stage: runs its steps in order (each pulling its own dependencies)."""
 
-    def __init__(self, name: str, steps: list[str]):
+    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = ()):
+        steps = [*steps, *(s for s in extra_steps if s not in steps)]  # e.g. a method stage + the judge
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")
@@ -187,7 +188,7 @@ class Manifest:
             listener(out)
 
     def write(self) -> Path:
-        from sert.secrets import redact
+        from sert.secrets import redact, redact_argv
 
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {
@@ -199,7 +200,7 @@ class Manifest:
             "wall_seconds": round(time.time() - self.started, 3),
             "versions": versions(),
             "git_commit": git_commit(),
-            "command": sys.argv,
+            "command": redact_argv(sys.argv),
         })
 
 

@@ -67,6 +67,7 @@ class StageConfig:
     _target_: str = "sert.pipeline.Pipeline"
     name: str = MISSING
     steps: List[str] = MISSING
+    extra_steps: List[str] = field(default_factory=list)  # appended to any stage: stage.extra_steps=[judge]
 
 
 class GenerationMode(str, Enum):
@@ -195,6 +196,20 @@ class JudgeConfig(ApiConfig):
     retry_temperature: float = 0.7  # the one retry of an unparsable reply samples at this temperature
     hf_device: str = "auto"
     hf_batch_size: int = 4
+class LoggerConfig:
+    """``logger`` group (code: sert.tracking). ``logger=none`` uses only ``_target_``/``report_to``."""
+    _target_: str = "sert.tracking.NullLogger"
+    report_to: str = "none"  # what the HF Trainer reports to (trainer.report_to: ${logger.report_to})
+    project: str = "sert"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (WANDB_MODE, else online with WANDB_API_KEY, else offline) | online | offline | disabled
+    tags: List[str] = field(default_factory=list)  # extra tags (model/dataset/stage/filter are added)
+    notes: Optional[str] = None
+    max_table_rows: int = 200  # rows of predictions/selected paths per wandb.Table
+    log_tables: bool = True
+    log_manifest: bool = True  # run.json as a W&B artifact at finish
+    console: str = "off"  # W&B console capture: off | auto | wrap (the run's log file is in the run dir)
+    init_timeout: float = 60.0  # seconds wandb.init may take before logging is given up for the run
 
 
 @dataclass
@@ -211,7 +226,7 @@ class Config:
     teacher: TeacherConfig = MISSING
     judge: JudgeConfig = MISSING
     evaluate: Any = None
-    logger: Any = None
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: Optional[str] = None  # groups runs of one experiment (W&B group); null = sweep dir name
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 42

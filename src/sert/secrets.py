@@ -21,3 +21,13 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Command-line overrides with secret-looking values hidden: ``teacher.api_key=sk-..`` -> ``teacher.api_key=***``."""
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        leaf = key.lstrip("+~").rsplit(".", 1)[-1]
+        out.append(f"{key}={REDACTED}" if sep and SECRET_KEY.search(leaf) and not leaf.endswith("_env") else arg)
+    return out
