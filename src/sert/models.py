@@ -99,6 +99,8 @@ def load_model(
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if gguf_file:
+            drop_quantization(model)
         tok = (
             load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
             if tokenizer
@@ -111,14 +113,20 @@ def load_model(
     return model.to(resolve_device(device)).eval(), tok
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """``save_pretrained`` for model + tokenizer. A GGUF-loaded model carries a quantization config
-    that cannot be serialised; its weights are already dequantised, so the config is dropped."""
-    out_dir = Path(out_dir)
+def drop_quantization(model) -> None:
+    """A GGUF-loaded model is dequantised to plain float weights on load but still carries its
+    quantizer, which blocks training ("purely quantized models") and ``save_pretrained``: drop it."""
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
+    for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attr in vars(model):
+            setattr(model, attr, value)
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """``save_pretrained`` for model + tokenizer."""
+    out_dir = Path(out_dir)
+    drop_quantization(model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
