@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # step name -> module whose ``run(ctx)`` executes it (imported lazily: `sert --help` stays fast).
 STEPS: dict[str, str] = {
     "data": "sert.pipeline",
+    "self_train": "sert.self_train",
+    "distill": "sert.distill",
+    "finetune": "sert.finetune",
+    "evaluate": "sert.evaluate",
 }
 
 
@@ -148,11 +152,12 @@ class Context:
 class Pipeline:
     """A stage: runs its steps in order (each pulling its own dependencies)."""
 
-    def __init__(self, name: str, steps: list[str]):
+    def __init__(self, name: str, steps: list[str], distill_init: str = "base"):
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")
         self.name, self.steps = name, list(steps)
+        self.distill_init = distill_init  # base | sert: read by the distill step (stage.distill_init)
 
     def __call__(self, ctx: Context) -> dict[str, StepOutput]:
         for step in self.steps:
