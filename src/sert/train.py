@@ -194,6 +194,7 @@ class LoopTrainer(BaseTrainer):
                               num_training_steps=total)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        torch.manual_seed(seed)  # dropout; a resumed run restores the generator state it saved
         step, resumed = self._resume(ckpt_dir, model, opt, sched, device)
         model.train()
         losses, start, bar = [], time.perf_counter(), tqdm(total=total, initial=step, desc="train", unit="step")
@@ -251,7 +252,8 @@ class LoopTrainer(BaseTrainer):
         tmp, final = ckpt_dir / f".step-{step}.tmp", ckpt_dir / f"step-{step}"
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step}, tmp / "state.pt")
+                    "step": step, "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a checkpoint dir exists only once complete
         if self.save_total_limit:
@@ -266,6 +268,9 @@ class LoopTrainer(BaseTrainer):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resuming training from %s", ckpts[-1])
         return state["step"], ckpts[-1].name
 
