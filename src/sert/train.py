@@ -92,6 +92,7 @@ class BaseTrainer:
         """Train ``model`` in place on ``examples``; checkpoints go to ``out_dir/checkpoints`` and a
         rerun with the same ``out_dir`` resumes from the newest one. Returns the summary."""
         out_dir = Path(out_dir)
+        _drop_quantization_marker(model)
         train, held = self.prepare(model, tokenizer, examples, seed)
         ckpt_dir = out_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,17 @@ class BaseTrainer:
 
     def _fit(self, model, tokenizer, train: Tokenized, held: Tokenized | None, ckpt_dir: Path, seed: int) -> dict:
         raise NotImplementedError
+
+
+def _drop_quantization_marker(model) -> None:
+    """A GGUF-loaded model (``model=smollm2-135m``) holds dequantised float weights but keeps its
+    quantizer marker, which transformers' Trainer refuses to train; the weights are plain, so drop it."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if getattr(model, "is_quantized", False) is True:
+        model.is_quantized = False
 
 
 def _pad_id(tokenizer) -> int:
