@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_dirs
+from conftest import compose, run_cli, run_dirs
+from sert import evaluate
 from sert.artifacts import read_json, read_jsonl, write_json
-from sert.data import Record, make_record
+from sert.data import make_record
 from sert.evaluate import generate, prompt_for, score
 from sert.models import byte_tokenizer, load_model, save_model
+from sert.pipeline import Context
 from sert.prompts import Prompts
 
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 256, "seed": 0}
@@ -77,16 +79,23 @@ def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
     metrics = read_json(Path(ev["dir"]) / "metrics.json")
     assert set(metrics) == {"acc", "fmt", "len", "rep", "n"} and metrics["n"] == 3
     assert ev["summary"]["metrics"] == metrics
-    # a different checkpoint is a different cache entry; a bad path fails clearly and runs nothing
-    bad = run_cli(*args[:-1], f"evaluate.checkpoint={tmp_path / 'nope'}", out=out, check=False)
-    assert bad.returncode != 0 and "evaluate.checkpoint: no model" in bad.stderr
 
 
-def test_cli_evaluate_base_model_and_format_override(tmp_path, sqa_jsonl):
-    out = tmp_path / "out"
-    base = ["stage=evaluate", "model=tiny", "device=cpu", "dataset=strategy_qa", f"dataset.path={sqa_jsonl}",
-            "evaluate.split=train", "evaluate.limit=2", "evaluate.max_new_tokens=4"]
-    proc = run_cli(*base, "evaluate.format=label_only", out=out)
-    assert "fmt=None" in proc.stdout
-    bad = run_cli(*base, "evaluate.format=cot", out=out, check=False)
-    assert bad.returncode != 0 and "evaluate.format must be one of" in bad.stderr
+def ctx_for(tmp_path: Path, sqa_jsonl: Path, *overrides: str) -> Context:
+    cfg = compose("model=tiny", "device=cpu", "dataset=strategy_qa", f"dataset.path={sqa_jsonl}",
+                  f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "evaluate.split=train",
+                  "evaluate.limit=2", "evaluate.max_new_tokens=4", *overrides)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Context(cfg, tmp_path / "run")
+
+
+def test_base_model_format_override_and_bad_settings(tmp_path, sqa_jsonl):
+    out = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.format=label_only"))
+    assert out.summary["model"] == "base" and out.summary["metrics"]["fmt"] is None
+    default = evaluate.run(ctx_for(tmp_path, sqa_jsonl))
+    assert default.summary["format"] == "self_train" and default.key != out.key
+    with pytest.raises(ValueError, match="evaluate.format must be one of"):
+        evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.format=cot"))
+    with pytest.raises(FileNotFoundError, match="evaluate.checkpoint: no model"):
+        evaluate.run(ctx_for(tmp_path, sqa_jsonl, f"evaluate.checkpoint={tmp_path / 'nope'}"))
+    assert len(list((tmp_path / "cache").glob("evaluate/*/predictions.jsonl"))) == 2  # the bad ones ran nothing
