@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from sert.artifacts import read_json, read_jsonl, write_json, write_jsonl
+from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, save_model
 from sert.pipeline import Context, Dataset, StepOutput, _plain
