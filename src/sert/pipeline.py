@@ -38,6 +38,10 @@ STEPS: dict[str, str] = {
     "filter": "sert.filters",
     "teacher": "sert.teacher",
     "judge": "sert.judge",
+    "self_train": "sert.self_train",
+    "distill": "sert.distill",
+    "finetune": "sert.finetune",
+    "evaluate": "sert.evaluate",
 }
 
 
@@ -152,12 +156,13 @@ class Context:
 class Pipeline:
     """A stage: runs its steps in order (each pulling its own dependencies)."""
 
-    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = ()):
+    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = (), distill_init: str = "base"):
         steps = [*steps, *(s for s in extra_steps if s not in steps)]  # e.g. a method stage + the judge
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")
         self.name, self.steps = name, list(steps)
+        self.distill_init = distill_init  # base | sert: read by the distill step (stage.distill_init)
 
     def __call__(self, ctx: Context) -> dict[str, StepOutput]:
         for step in self.steps:

