@@ -136,9 +136,14 @@ class CacheEntry:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive inter-process lock: two jobs needing the same entry never build it twice at once."""
+        """Exclusive inter-process lock: two jobs needing the same entry never build it twice at once.
+
+        Ranks of one distributed job (torchrun / accelerate set ``RANK``) must build together (a
+        training step is one collective computation), so the lock is per rank: it still excludes
+        other jobs' same-rank processes."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.dir.parent / f".{self.key}.lock", "w") as f:
+        rank = os.environ.get("RANK", "0")
+        with open(self.dir.parent / f".{self.key}.lock" + (f".rank{rank}" if rank != "0" else ""), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
