@@ -191,7 +191,7 @@ SMALL = ("trainer.max_steps=3", "trainer.batch_size=2", "trainer.save_strategy=n
 
 def make_ctx(tmp_path: Path, csqa: tuple[Path, Path], *overrides: str) -> Context:
     data, split = csqa
-    cfg = compose("model=tiny", "device=cpu", f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+    cfg = compose("model=tiny", "device=cpu", "logger=none", f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                   f"dataset.path={data}", f"dataset.split_file={split}", *SMALL, *overrides)
     (tmp_path / "run").mkdir(exist_ok=True)
     return Context(cfg, tmp_path / "run")
@@ -259,11 +259,14 @@ def test_distill_step_from_base_or_sert(tmp_path, csqa_files, init):
     assert set(row) == {"qid", "question", "gold", "output", "reasoning", "extracted", "correct", "format_ok"}
 
 
-def test_distill_requires_teacher_output(tmp_path, csqa_files):
+def test_distill_without_teacher_data_or_key_fails_clearly(tmp_path, csqa_files, monkeypatch):
+    """No teacher.input and no API key: the teacher step it pulls stops with a message about the key."""
     from sert import distill
+    from sert.llm_client import FatalAPIError
 
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     ctx = make_ctx(tmp_path, csqa_files)
-    with pytest.raises(KeyError, match="teacher"):
+    with pytest.raises(FatalAPIError, match="no API key"):
         distill.run(ctx)
 
 

@@ -143,7 +143,8 @@ class CacheEntry:
         other jobs' same-rank processes."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         rank = os.environ.get("RANK", "0")
-        with open(self.dir.parent / f".{self.key}.lock" + (f".rank{rank}" if rank != "0" else ""), "w") as f:
+        suffix = "" if rank == "0" else f".rank{rank}"
+        with open(self.dir.parent / f".{self.key}.lock{suffix}", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

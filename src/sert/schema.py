@@ -262,6 +262,7 @@ class JudgeConfig(ApiConfig):
     retry_temperature: float = 0.7  # the one retry of an unparsable reply samples at this temperature
     hf_device: str = "auto"
     hf_batch_size: int = 4
+@dataclass
 class LoggerConfig:
     """``logger`` group (code: sert.tracking). ``logger=none`` uses only ``_target_``/``report_to``."""
     _target_: str = "sert.tracking.NullLogger"
