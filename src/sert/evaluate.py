@@ -97,7 +97,7 @@ def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep
             reasoning, _ = split_reasoning(output)
             toks = tokenizer(output.strip(), add_special_tokens=False)["input_ids"]
             row["reasoning"] = reasoning
-            row["format_ok"] = is_well_formatted(output, extracted, toks, rep_n=rep_n, max_rep=max_rep)
+            row["format_ok"] = is_well_formatted(output, extracted, toks, rep_order=rep_n, max_rep=max_rep)
             ok.append(row["format_ok"])
             reason_len.append(len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0)
             out_toks.append(toks)

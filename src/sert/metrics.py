@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from sert.data import Choice
+from sert.textstats import rep_n
 
 # The answer sentence of every reasoning format (II-B, II-C1): "... So the answer is a_i."
 MARKER_RE = re.compile(r"\bso\s*,?\s+the\s+answer\s+is\b\s*:?", re.I)
@@ -23,13 +24,9 @@ _SENTENCE_END_RE = re.compile(r"\n|(?<=[.!?])\s+(?=[A-Z(])")
 
 
 def repetition_rate(tokens: Sequence, n: int = 1) -> float:
-    """Fraction of repeated n-grams: ``1 - |unique n-grams| / |n-grams|`` (0.0 when there are none).
-
-    Paper III-D, Rep: "text redundancy (via unigram statistics)" is ``n=1``; the filter of II-A2/III-A
-    uses the bi-gram rate (``n=2``, threshold 20%). Works on any token sequence (model token ids here).
-    Example: ``[a, b, a, a]`` -> 1 - 2/4 = 0.5; bigrams ``(a b)(b a)(a a)`` -> 1 - 3/3 = 0.0."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    """Paper III-D Rep, "text redundancy (via unigram statistics)": ``rep_n`` with ``n=1`` by default
+    (the same rep-n the II-A2 filter uses with ``n=2``). ``[a, b, a, a]`` -> 1 - 2/4 = 0.5."""
+    return rep_n(tokens, n)
 
 
 def split_reasoning(output: str) -> tuple[str, str | None]:
@@ -101,18 +98,18 @@ def extract_answer(output: str, choices: Sequence[Choice], *, label_only: bool =
     return parse_answer(tail, choices)
 
 
-def is_well_formatted(output: str, extracted: str | None, tokens: Sequence, *, rep_n: int = 3,
+def is_well_formatted(output: str, extracted: str | None, tokens: Sequence, *, rep_order: int = 3,
                       max_rep: float = 0.3) -> bool:
     """Fmt for one output (paper III-D, Output Format Alignment: "formatting errors, hallucinations, or
     severe repetition"). True when all hold:
       * the trained answer sentence is there: "So the answer is" followed by a parsable answer;
       * no imitated new item: the output does not go on with another "Question:";
-      * no degenerate repetition: ``repetition_rate(tokens, rep_n) <= max_rep`` (default: at most 30%
+      * no degenerate repetition: ``rep_n(tokens, rep_order) <= max_rep`` (default: at most 30%
         of the output's model-token trigrams repeat; fluent text stays near 0-5%, loops near 90%)."""
     _, tail = split_reasoning(output)
     if tail is None or extracted is None or "question:" in output.lower():
         return False
-    return repetition_rate(tokens, rep_n) <= max_rep
+    return repetition_rate(tokens, rep_order) <= max_rep
 
 
 def _mean(xs: Sequence[float]) -> float | None:
