@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from sert.data import Record
 
 
-@dataclass(frozen=True)
+@dataclass
 class Prompts:
+    """Also the schema of the ``prompts`` config section (``sert.schema.Config.prompts``)."""
+
     # II-A1: "Question: q_i Answer:" — the zero-shot generation prompt of the latent-path sampler.
     generate: str = "Question: {question} Answer:"
     # II-B: "Question: q_i. Answer: r_i So the answer is a_i." — SERT self-training text.

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from sert.prompts import Prompts
+
 
 class OnError(str, Enum):
     skip = "skip"  # report and count the malformed row, go on
@@ -49,17 +51,6 @@ class ModelConfig:
     dtype: DType = DType.float32
     trust_remote_code: bool = False
     random_init: Optional[Dict[str, int]] = None  # tiny test models: a GPT2Config shape, no weights
-
-
-@dataclass
-class PromptsConfig:
-    generate: str = "Question: {question} Answer:"
-    self_train: str = "Question: {question}. Answer: {reasoning} So the answer is {answer}."
-    teacher: str = "Question: {question}. Answer: Let's think step by step."
-    distill: str = "Question: {question}. Answer: Let's think step by step. {reasoning} So the answer is {answer}."
-    label_only: str = "Question: {question} Answer: {answer}"
-    answer_choice: str = "({label}) {text}"
-    answer_binary: str = "{label}"
 
 
 class DistillInit(str, Enum):
@@ -284,7 +275,7 @@ class Config:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     stage: StageConfig = MISSING
-    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    prompts: Prompts = field(default_factory=Prompts)  # the paper's text formats (sert.prompts)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # Groups filled by their stage modules; typed there (see register()).
     generation: GenerationConfig = field(default_factory=GenerationConfig)
