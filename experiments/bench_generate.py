@@ -11,7 +11,7 @@ Each method runs in its own subprocess so peak RSS (ru_maxrss) is measured per m
     PYTHONPATH=src python experiments/bench_generate.py --model gpt2-random --questions 4 --max-new-tokens 32
 
 --model: tiny | gpt2-random (GPT-2 124M shape, random weights, real GPT-2 tokenizer from
-/work/shared/tokenizers/gpt2) | smollm2 (offline SmolLM2-135M GGUF) | a local HF model dir.
+../shared/tokenizers/gpt2 or $SERT_SHARED_DIR) | smollm2 (offline SmolLM2-135M GGUF) | a local HF model dir.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SERT_SHARED_DIR") or next(
-    (p for p in (ROOT.parent / "shared", Path("/work/shared")) if p.is_dir()), ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("SERT_SHARED_DIR") or ROOT.parent / "shared")
 FALLBACK_QUESTIONS = ["Where do you keep milk cold?", "What do birds use to fly?", "Where does the sun rise?",
                       "What melts ice?"]
 

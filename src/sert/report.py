@@ -38,7 +38,7 @@ CRITERIA = ["coherence", "relevance", "logical_consistency", "completeness", "ov
 METRICS = ["acc", "fmt", "len", "rep"]
 
 # The paper's Table II (Zhang et al. 2025, arXiv 2502.12744, section IV), transcribed from
-# /work/shared/paper/sert-paper.txt: (model, method, dataset) -> (Acc %, Fmt, Len, Rep); None = "-" there.
+# ../shared/paper/sert-paper.txt: (model, method, dataset) -> (Acc %, Fmt, Len, Rep); None = "-" there.
 # The GPT-3.5 zero-shot-CoT teacher row (SQA 53.45/-/76.77/0.36, CSQA 60.07/-/63.82/0.31) has no method here.
 _T2 = {
     ("gpt2", "finetune"): ((54.00, None, None, None), (20.80, None, None, None)),
