@@ -63,3 +63,13 @@ def test_typos_fail_fast_with_clear_message(tmp_path, override, message):
 def test_help_works(tmp_path):
     proc = run_cli("--help", out=tmp_path)
     assert "dataset: commonsense_qa, strategy_qa" in proc.stdout
+
+
+def test_sweep_job_dir_names_stay_short():
+    from sert.cli import short_dirname
+
+    assert short_dirname("model=tiny,stage=sert") == "model=tiny,stage=sert"
+    long = ",".join(f"trainer.knob{i}=value{i}" for i in range(40))
+    short = short_dirname(long)
+    assert len(short) == 120 and short != short_dirname(long + "x") and short.startswith(long[:100])
+    assert "/" not in short_dirname("dataset.path=/a/b.json")

@@ -92,3 +92,42 @@ def test_evaluate_checkpoint_override_and_teacher_file(tmp_path, csqa_files):
     ev = steps_of(run_dirs(out)[-1])["evaluate"]
     # the same weights decoded greedily on the same test data: the same predictions as RD's evaluation
     assert read_jsonl(Path(ev["dir"]) / "predictions.jsonl") == read_jsonl(Path(rd["evaluate"]["dir"]) / "predictions.jsonl")
+
+
+def test_sweep_two_models_two_methods_wandb_offline_and_report(tmp_path, csqa_files):
+    """Issue 6 acceptance: `sert -m model=... stage=...` with W&B offline; one group, eval metrics in each
+    run's summary, a rerun is served from the cache, and the report has every Table II cell."""
+    from test_tracking import OFFLINE, _offline_run
+
+    from sert.report import build_report
+
+    data, split = csqa_files
+    out = tmp_path / "out"
+    args = ["-m", "model=tiny,tiny-deep", "stage=finetune,sert", "device=cpu", f"dataset.path={data}",
+            f"dataset.split_file={split}", "generation.max_new_tokens=30", "filter.length.min_tokens=10",
+            "filter.perplexity.min_ppl=0", "filter.rep2.max_rate=1.0", "trainer.max_steps=2",
+            "trainer.batch_size=2", "trainer.save_strategy=no", "evaluate.max_new_tokens=8",
+            "evaluate.label_only_max_new_tokens=4", "logger=wandb", "logger.mode=offline"]
+    run_cli(*args, out=out, env=OFFLINE)
+    (sweep,) = list((out / "multiruns").glob("*/*"))
+    runs = sorted(p.parent for p in sweep.rglob("run.json"))
+    assert len(runs) == 4
+    recs = [_offline_run(r) for r in runs]
+    assert len({r["run"]["group"] for r in recs}) == 1
+    assert {r["run"]["name"] for r in recs} == {f"{s}/{m}/commonsense_qa" for s in ("finetune", "sert")
+                                                 for m in ("tiny", "tiny-deep")}
+    assert all("evaluate/acc" in r["summary"] or "eval/acc" in r["summary"] for r in recs)
+
+    text = build_report(sweep, plots=False)[0].read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Model | Method"))
+    acc = [c.strip() for c in lines[start].split("|")].index("CommonsenseQA Acc")
+    rows = [line for line in lines[start + 2:] if line.startswith("|")][:4]
+    assert sorted(r.split("|")[1].strip() + "/" + r.split("|")[2].strip() for r in rows) == [
+        "tiny-deep/Finetune", "tiny-deep/SERT", "tiny/Finetune", "tiny/SERT"]
+    assert len(rows) == 4 and all(row.split("|")[acc].strip() not in ("", "—") for row in rows), rows
+
+    run_cli(*args, out=out, env=OFFLINE)  # the same sweep again: every step is a cache hit
+    second = max((out / "multiruns").glob("*/*"), key=lambda p: p.stat().st_mtime)
+    for r in second.rglob("run.json"):
+        assert all(s["cached"] for s in read_json(r)["steps"]), r

