@@ -79,7 +79,7 @@ class Context:
 
     @property
     def prompts(self) -> Prompts:
-        return Prompts(**OmegaConf.to_container(self.cfg.prompts))
+        return OmegaConf.to_object(self.cfg.prompts)  # the schema node is a Prompts dataclass
 
     # -- steps -----------------------------------------------------------------
     def require(self, step: str) -> StepOutput:
