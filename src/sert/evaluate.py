@@ -23,10 +23,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from sert.artifacts import file_hash, write_json, write_jsonl
 from sert.data import Record
+from sert.engine import DecodeStats, decode
 from sert.metrics import compute_metrics, extract_answer, is_well_formatted, split_reasoning
 from sert.models import load_model
 from sert.pipeline import Context, StepOutput
@@ -62,26 +61,13 @@ def prompt_for(prompts, fmt: str, rec: Record) -> str:
     return prompts.training_pair(fmt, rec, "")[0]
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int, greedy: bool = True,
-             seed: int = 0) -> list[str]:
-    """Continuations of ``prompts`` (decoded new tokens only), batched by similar length."""
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outs: list[str] = [""] * len(prompts)
-    torch.manual_seed(seed)
-    for s in tqdm(range(0, len(order), batch_size), desc="evaluate", unit="batch"):
-        idx = order[s:s + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-        kw = {"do_sample": False} if greedy else {"do_sample": True, "top_p": 0.95, "top_k": 0}
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, use_cache=True, **kw)
-        for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
-            outs[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return outs
+             seed: int = 0, stats: DecodeStats | None = None) -> list[str]:
+    """Continuations of ``prompts`` (decoded new tokens only) through the shared engine (``sert.engine``)."""
+    sampling = {} if greedy else {"temperature": 1.0, "top_p": 0.95}
+    outs = decode(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                  desc="evaluate", stats=stats, **sampling)
+    return [o.text for o in outs]
 
 
 def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep_n: int = 3,
@@ -108,6 +94,15 @@ def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep
     return rows, compute_metrics(correct, ok, reason_len, out_toks)
 
 
+def warn_context(stats: DecodeStats, max_new: int) -> None:
+    """One warning per step when the model's context cut the new-token budget or a prompt."""
+    if stats.clamped or stats.truncated_prompts:
+        log.warning("model context too short: %d of %d rows got fewer than max_new_tokens=%d new tokens (down to %s); "
+                    "%d prompts were left-truncated (recorded in the step summary as 'decoding')",
+                    stats.clamped, stats.prompts, max_new, stats.as_dict()["min_new_tokens_allowed"],
+                    stats.truncated_prompts)
+
+
 def run(ctx: Context) -> StepOutput:
     ecfg = ctx.cfg.evaluate
     model_dir, fmt, ident, inputs = resolve_checkpoint(ctx)
@@ -129,13 +124,15 @@ def run(ctx: Context) -> StepOutput:
         log.info("evaluating %s (%s format) on %d %s records", model_dir or "the base model", fmt,
                  len(ds.records), ds.split)
         prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]
+        decoding = DecodeStats()
         outputs = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=ecfg.batch_size,
-                           greedy=ecfg.greedy, seed=ctx.cfg.seed)
+                           greedy=ecfg.greedy, seed=ctx.cfg.seed, stats=decoding)
+        warn_context(decoding, max_new)
         rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep)
         write_jsonl(d / "predictions.jsonl", rows)
         write_json(d / "metrics.json", metrics)
         return {"format": fmt, "model": str(model_dir) if model_dir else "base", "split": ds.split,
-                "metrics": metrics}
+                "decoding": decoding.as_dict(), "metrics": metrics}
 
     out = ctx.cached("evaluate", material, [ds, *inputs], build)
     m = out.summary["metrics"]

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from sert.artifacts import stable_hash, write_jsonl
+from sert.engine import stop_cut
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,6 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def question_generator(seed: int, qid: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(stable_hash([seed, qid]), 16) % (2**63))
-
-
-def stop_cut(text: str, stops: Sequence[str]) -> int | None:
-    """Index of the earliest stop string in ``text`` (None if none occurs)."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
 
 
 # ----------------------------------------------------------------------------- the batched sampler

@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sert import hardware
 from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
 from sert.data import Record, load_records
 from sert.prompts import Prompts
@@ -203,6 +204,7 @@ class Manifest:
             "data": self.data,
             "steps": self.steps,
             "wall_seconds": round(time.time() - self.started, 3),
+            "hardware": hardware.describe(),
             "versions": versions(),
             "git_commit": git_commit(),
             "command": redact_argv(sys.argv),
