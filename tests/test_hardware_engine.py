@@ -55,3 +55,16 @@ def test_decode_keeps_order_and_clamps_to_the_context():
 def test_stop_cut():
     assert stop_cut("abc Question: x", ["Question:"]) == 4
     assert stop_cut("abc", ["Question:"]) is None
+
+
+def test_model_spec_accepts_config_names_paths_and_hub_ids(tmp_path):
+    from sert.models import model_spec
+
+    assert model_spec("tiny")["random_init"]["n_layer"] == 2  # conf/model/tiny.yaml
+    (tmp_path / "m").mkdir()
+    assert model_spec(str(tmp_path / "m")) == {"name_or_path": str(tmp_path / "m")}
+    (tmp_path / "q.gguf").write_bytes(b"")
+    assert model_spec(str(tmp_path / "q.gguf")) == {"name_or_path": str(tmp_path), "gguf_file": "q.gguf"}
+    assert model_spec("Qwen/Qwen2.5-1.5B-Instruct") == {"name_or_path": "Qwen/Qwen2.5-1.5B-Instruct"}
+    with pytest.raises(FileNotFoundError, match="no such local file"):
+        model_spec("./missing-model")

@@ -130,3 +130,25 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def model_spec(ref: str) -> dict:
+    """``load_model`` keyword arguments for a model *reference*, as ``teacher.model`` / ``judge.model``
+    accept it: the name of a ``conf/model/<name>.yaml`` config (e.g. ``smollm2-135m``), a local directory
+    or GGUF file, or a Hugging Face Hub id (anything else)."""
+    from omegaconf import OmegaConf
+
+    from sert.cli import CONF_DIR  # also registers the resolvers the model configs use
+
+    config = Path(CONF_DIR) / "model" / f"{ref}.yaml"
+    if "/" not in ref and config.exists():
+        node = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        return {k: v for k, v in node.items() if k != "name"}
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return {"name_or_path": str(path.parent.resolve()), "gguf_file": path.name}
+    if path.exists():
+        return {"name_or_path": str(path.resolve())}
+    if ref.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model {ref!r}: no such local file or directory")
+    return {"name_or_path": ref}
