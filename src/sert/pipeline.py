@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sert import hardware
+from sert import faults, hardware
 from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
 from sert.data import Record, load_records
 from sert.prompts import Prompts
@@ -94,6 +94,9 @@ class Context:
         self._running.append(step)
         try:
             out = importlib.import_module(STEPS[step]).run(self)
+        except BaseException as err:
+            _mark_step(err, step)  # the innermost step wins: the one that was running
+            raise
         finally:
             self._running.pop()
         self.outputs[step] = out
@@ -180,7 +183,17 @@ class Manifest:
         self.steps: list[dict] = []
         self.data: dict[str, dict] = {}
         self.started = time.time()
+        self.finished: float | None = None
+        self.status = "running"  # running -> ok | failed; a killed job stays "running" with no finished time
+        self.error: dict | None = None
         self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
+
+    def finish(self, status: str, err: BaseException | None = None) -> Path:
+        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running."""
+        self.status, self.finished = status, time.time()
+        if err is not None:
+            self.error = {"type": type(err).__name__, "message": str(err), "step": failed_step(err)}
+        return self.write()
 
     def add(self, out: StepOutput) -> None:
         files = sorted(str(p.relative_to(out.dir)) for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -190,6 +203,7 @@ class Manifest:
         if out.dir.is_dir() and not link.exists():
             link.symlink_to(out.dir, target_is_directory=True)
         self.write()
+        faults.reached("manifest.step_recorded")
         for listener in self.listeners:
             listener(out)
 
@@ -199,11 +213,16 @@ class Manifest:
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {
             "stage": cfg.stage.name,
+            "status": self.status,
+            "error": self.error,
+            "overrides": redact_argv(overrides()),
+            "started": _iso(self.started),
+            "finished": _iso(self.finished),
             "choices": choices(),
             "config": redact(OmegaConf.to_container(cfg, resolve=True)),
             "data": self.data,
             "steps": self.steps,
-            "wall_seconds": round(time.time() - self.started, 3),
+            "wall_seconds": round((self.finished or time.time()) - self.started, 3),
             "hardware": hardware.describe(),
             "versions": versions(),
             "git_commit": git_commit(),
@@ -234,6 +253,35 @@ def _plain(node: Any) -> Any:
     """A DictConfig subtree as plain Python values (enums as their strings)."""
     obj = OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
     return obj
+
+
+def _mark_step(err: BaseException, step: str) -> None:
+    if failed_step(err) is None:
+        try:
+            err.sert_step = step  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions without a __dict__
+            pass
+
+
+def failed_step(err: BaseException) -> str | None:
+    """The step that was running when ``err`` was raised (None: outside any step)."""
+    return getattr(err, "sert_step", None)
+
+
+def _iso(t: float | None) -> str | None:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else None
+
+
+def overrides() -> list[str]:
+    """This job's Hydra task overrides (a sweep job: its own values plus the fixed ones)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
 
 
 def choices() -> dict:

@@ -1,0 +1,63 @@
+"""Failure paths of a run: status in run.json, one-line errors, killed jobs, packaging, clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, run_dirs
+
+
+def _manifest(out: Path) -> dict:
+    (run,) = run_dirs(out)
+    return json.loads((run / "run.json").read_text())
+
+
+# ----------------------------------------------------------------------------- job status and errors
+def test_ok_run_records_status_times_and_overrides(tmp_path, sqa_jsonl):
+    run_cli("stage=data", "model=tiny", "logger=none", f"dataset.path={sqa_jsonl}", out=tmp_path / "out")
+    m = _manifest(tmp_path / "out")
+    assert m["status"] == "ok" and m["error"] is None
+    assert m["started"] <= m["finished"]
+    assert m["overrides"] == ["stage=data", "model=tiny", "logger=none", f"dataset.path={sqa_jsonl}"]
+
+
+def test_user_error_is_one_line_and_the_log_has_the_traceback(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("stage=data", "model=tiny", "logger=none", f"dataset.path={tmp_path}/nope.jsonl", out=out,
+                   check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert f"[data] FileNotFoundError: dataset.path: no such file {tmp_path}/nope.jsonl" in proc.stderr
+    m = _manifest(out)
+    assert m["status"] == "failed" and m["error"]["step"] == "data"
+    (log_file,) = run_dirs(out)[0].glob("*.log")
+    assert "Traceback (most recent call last)" in log_file.read_text()
+
+
+def test_hydra_full_error_gives_the_traceback(tmp_path):
+    proc = run_cli("stage=data", "model=tiny", "logger=none", f"dataset.path={tmp_path}/nope.jsonl",
+                   out=tmp_path / "out", check=False, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_killed_job_stays_running_without_finish_time(tmp_path, sqa_jsonl):
+    out = tmp_path / "out"
+    proc = run_cli("stage=data", "model=tiny", "logger=none", f"dataset.path={sqa_jsonl}", out=out, check=False,
+                   env={"SERT_KILL_AT": "manifest.step_recorded:1"})
+    assert proc.returncode == -9
+    m = _manifest(out)
+    assert m["status"] == "running" and m["finished"] is None and m["error"] is None
+    assert [s["step"] for s in m["steps"]] == ["data"]
+
+
+def test_user_errors_and_bugs_are_told_apart():
+    from sert.cli import is_user_error
+    from sert.data import DataError
+    from sert.llm_client import FatalAPIError
+
+    assert all(is_user_error(e) for e in (ValueError("x"), DataError("x"), FileNotFoundError("x"),
+                                           FatalAPIError("x"), json.JSONDecodeError("x", "", 0)))
+    assert not any(is_user_error(e) for e in (KeyError("x"), RuntimeError("x"), TypeError("x")))
