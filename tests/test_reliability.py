@@ -61,3 +61,42 @@ def test_user_errors_and_bugs_are_told_apart():
     assert all(is_user_error(e) for e in (ValueError("x"), DataError("x"), FileNotFoundError("x"),
                                            FatalAPIError("x"), json.JSONDecodeError("x", "", 0)))
     assert not any(is_user_error(e) for e in (KeyError("x"), RuntimeError("x"), TypeError("x")))
+
+
+# ----------------------------------------------------------------------------- packaging
+def test_wheel_ships_the_configs_and_finds_them_without_the_source_tree(tmp_path):
+    """Build a wheel from a copy of the project, unpack it as an installed package would be, and run
+    `sert --cfg job` from elsewhere: the configs come from inside the package."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    src = tmp_path / "project"
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".", "-w",
+                    str(tmp_path / "dist")], cwd=src, check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("sert-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"sert/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
+    assert expected and expected <= names, sorted(expected - names)
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)  # what `pip install` puts in site-packages
+    shutil.rmtree(src)  # no source tree left
+    env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "disabled"}
+    env.pop("SERT_CONFIG_DIR", None)
+    script = ("import sert.cli as c; from hydra import compose, initialize_config_dir\n"
+              "with initialize_config_dir(config_dir=c.CONF_DIR, version_base='1.3'):\n"
+              "    cfg = compose('config', overrides=['model=tiny', 'stage=filter'])\n"
+              "print(c.__file__, c.CONF_DIR, cfg.model.name, cfg.filter.length.min_tokens)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(site / "sert" / "cli.py"), str(site / "sert" / "conf"), "tiny", "25"]

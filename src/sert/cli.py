@@ -18,7 +18,21 @@ from sert.models import package_dir
 
 log = logging.getLogger("sert")
 
-CONF_DIR = os.environ.get("SERT_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "conf")
+
+def find_conf_dir() -> str:
+    """``SERT_CONFIG_DIR`` if set; else the copy packaged into an installed wheel (``sert/conf``); else
+    the source tree's top-level ``conf/`` (a checkout or an editable install)."""
+    if os.environ.get("SERT_CONFIG_DIR"):
+        return os.environ["SERT_CONFIG_DIR"]
+    here = Path(__file__).resolve().parent
+    for conf in (here / "conf", here.parents[1] / "conf"):
+        if (conf / "config.yaml").is_file():
+            return str(conf)
+    raise FileNotFoundError(f"sert: no configs in {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
+                            "(source tree); reinstall the package or set SERT_CONFIG_DIR")
+
+
+CONF_DIR = find_conf_dir()
 
 
 def short_dirname(name: str, limit: int = 120) -> str:

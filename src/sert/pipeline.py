@@ -309,6 +309,8 @@ def versions() -> dict:
 def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
+        if not (root / "src" / "sert").is_dir():  # an installed wheel: no source checkout to ask
+            return None
         return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip() or None
     except Exception:
