@@ -162,3 +162,37 @@ def test_read_candidates_errors(tmp_path):
     bad.write_text(json.dumps({"qid": "q", "text": "t"}) + "\n")
     with pytest.raises(ValueError, match="missing fields"):
         read_candidates(bad)
+
+
+def test_no_paths_message_shows_funnel_and_knob():
+    from sert.filters import explain_no_paths
+
+    rows = [cand(text="Question: x", n=40), cand(text="long enough reasoning here, honestly", n=5),
+            cand(qid="q2", text="more reasoning that is fine but short", n=9)]
+    _, _, stats = apply_chain(rows, [("pattern", PatternFilter()), ("length", LengthFilter(25))], Selector())
+    msg = explain_no_paths(stats, compose("filter.length.min_tokens=25").filter)
+    assert msg.startswith("the filter chain kept 0 of 3 candidate paths (2 questions): "
+                          "pattern dropped 1 (2 left), length dropped 2 (0 left); length left nothing: "
+                          "lower filter.length.min_tokens (now 25)")
+    assert "\n" not in msg
+
+
+def test_self_train_with_no_surviving_path_stops_with_the_funnel(tmp_path):
+    """stage=self_train over candidates that the length filter all drops: one line, no traceback, and the
+    job's run.json says failed in the self_train step."""
+    from conftest import run_cli, run_dirs
+
+    path = tmp_path / "cands.jsonl"
+    path.write_text("".join(json.dumps(cand(qid=f"q{i}", text="a short but real reasoning path", n=7)) + "\n"
+                            for i in range(3)))
+    out = tmp_path / "out"
+    proc = run_cli("stage=self_train", "model=tiny", "logger=none", f"filter.input={path}", out=out, check=False,
+                   env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert ("[self_train] NoPathsError: the filter chain kept 0 of 3 candidate paths (3 questions): "
+            "pattern dropped 0 (3 left), length dropped 3 (0 left), rep2 dropped 0 (0 left), perplexity dropped 0 "
+            "(0 left); length left nothing: lower filter.length.min_tokens (now 25)") in proc.stderr
+    (run,) = run_dirs(out)
+    m = json.loads((run / "run.json").read_text())
+    assert m["status"] == "failed" and m["error"]["step"] == "self_train" and m["error"]["type"] == "NoPathsError"
+    assert [s["step"] for s in m["steps"]] == ["filter"]  # the filter step itself finished (and is cached)

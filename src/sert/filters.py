@@ -169,6 +169,37 @@ def format_funnel(stats: dict) -> str:
     return "\n".join(lines)
 
 
+# what to loosen when a filter leaves nothing (formatted with that filter's config)
+LOOSEN = {
+    "length": "lower filter.length.min_tokens (now {min_tokens})",
+    "rep2": "raise filter.rep2.max_rate (now {max_rate})",
+    "perplexity": "lower filter.perplexity.min_ppl (now {min_ppl})",
+    "pattern": "relax filter.pattern.* (imitative, direct_max_words, min_options_listed, drop_stopped; "
+               "the reasons are in rejected.jsonl)",
+}
+
+
+class NoPathsError(ValueError):
+    """The filter chain left no reasoning path to train on."""
+
+
+def explain_no_paths(stats: dict, filter_cfg: dict) -> str:
+    """One line: the funnel (how many each filter dropped) and which knob to loosen."""
+    steps = ", ".join(f"{f['filter']} dropped {f['dropped']} ({f['kept']} left)" for f in stats["funnel"])
+    line = (f"the filter chain kept 0 of {stats['candidates']} candidate paths ({stats['questions']} questions): "
+            f"{steps or 'no filters'}")
+    if not stats["candidates"]:
+        return line + "; nothing to filter: check the generation step (generation.*, dataset.limit)"
+    culprit = next((f["filter"] for f in stats["funnel"] if f["in"] and not f["kept"]), None)
+    hint = LOOSEN.get(culprit, f"relax filter.{culprit}.*")
+    try:
+        hint = hint.format(**dict(filter_cfg[culprit]))
+    except (KeyError, TypeError, ValueError):
+        pass
+    return (f"{line}; {culprit} left nothing: {hint}, or leave {culprit} out of filter.order, "
+            "or sample more paths (dataset.limit, generation.max_new_tokens)")
+
+
 REQUIRED = ("qid", "text", "num_tokens", "ppl")
 
 
@@ -229,5 +260,7 @@ def run(ctx):
 
     out = ctx.cached("filter", material, inputs, build)
     print(format_funnel(out.summary["funnel"]))
+    if not out.summary["selected"]:
+        log.warning("%s", explain_no_paths(out.summary["funnel"], f))
     print(f"-> {out.path('selected.jsonl')}{' (cached)' if out.cached else ''}")
     return out
