@@ -196,3 +196,34 @@ def test_self_train_with_no_surviving_path_stops_with_the_funnel(tmp_path):
     m = json.loads((run / "run.json").read_text())
     assert m["status"] == "failed" and m["error"]["step"] == "self_train" and m["error"]["type"] == "NoPathsError"
     assert [s["step"] for s in m["steps"]] == ["filter"]  # the filter step itself finished (and is cached)
+
+
+def test_add_token_ids_fills_missing_tokens_only():
+    from sert.filters import add_token_ids
+    from sert.models import byte_tokenizer
+
+    tok = byte_tokenizer()  # one token per byte: "héllo" is 6 tokens
+    rows = [{"qid": "a", "text": "héllo", "ppl": 9.0}, {"qid": "b", "text": "x", "token_ids": [1, 2], "ppl": 9.0}]
+    assert add_token_ids(rows, tok) == 1
+    assert rows[0]["num_tokens"] == 6 and len(rows[0]["token_ids"]) == 6
+    assert rows[1]["token_ids"] == [1, 2] and rows[1]["num_tokens"] == 2
+
+
+def test_filter_input_without_token_ids_is_tokenized_with_the_model_tokenizer(tmp_path):
+    """stage=filter filter.input=FILE whose rows carry text but no token_ids/num_tokens: the tiny model's
+    (byte-level) tokenizer counts the tokens, so length and rep-2 work on them."""
+    from conftest import run_cli, run_dirs
+
+    long_text = "the milk goes in the fridge because cold slows bacteria down"  # 60 bytes = 60 tokens
+    rows = [{"qid": "q1", "question": Q, "answer": "B", "text": long_text, "ppl": 9.0},
+            {"qid": "q2", "question": Q, "answer": "B", "text": "it is cold there, I think", "ppl": 9.0}]  # 25 bytes
+    path = tmp_path / "cands.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run_cli("stage=filter", "model=tiny", "logger=none", f"filter.input={path}", "filter.length.min_tokens=26",
+            "filter.rep2.max_rate=0.5", out=out)
+    (run,) = run_dirs(out)
+    selected = [json.loads(line) for line in (run / "filter" / "selected.jsonl").read_text().splitlines()]
+    assert [(r["qid"], r["num_tokens"], len(r["token_ids"])) for r in selected] == [("q1", 60, 60)]
+    rejected = [json.loads(line) for line in (run / "filter" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["qid"], r["reason"]) for r in rejected] == [("q2", "length: 25 < 26 tokens")]
