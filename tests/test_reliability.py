@@ -100,3 +100,35 @@ def test_wheel_ships_the_configs_and_finds_them_without_the_source_tree(tmp_path
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [str(site / "sert" / "cli.py"), str(site / "sert" / "conf"), "tiny", "25"]
+
+
+# ----------------------------------------------------------------------------- clear messages
+@pytest.mark.parametrize("ref", ["/no/such/model", "./models/nope", "~/nope-model", "outputs/cache/distill/abc/model"])
+def test_missing_local_model_path_is_reported_as_a_path(ref):
+    from sert.models import load_model, load_tokenizer
+
+    with pytest.raises(FileNotFoundError, match=rf"model '{ref}': no such local file or directory"):
+        load_model(ref, device="cpu")
+    with pytest.raises(FileNotFoundError, match=rf"tokenizer '{ref}': no such local file or directory"):
+        load_tokenizer(ref)
+
+
+def test_missing_gguf_file_in_existing_dir(tmp_path):
+    from sert.models import load_model
+
+    with pytest.raises(FileNotFoundError, match="no GGUF file 'm.gguf' in that directory"):
+        load_model(str(tmp_path), gguf_file="m.gguf", device="cpu")
+
+
+def test_tiny_model_key_ignores_name_or_path(tmp_path):
+    """load_model ignores name_or_path when random_init is set, so cache keys must too."""
+    from conftest import compose
+
+    from sert.pipeline import Context
+
+    def ident(*o):
+        return Context(compose(*o, f"paths.cache_dir={tmp_path}"), tmp_path / "run").model_identity()
+
+    assert ident("model=tiny") == ident("model=tiny", "model.name_or_path=something/else")
+    assert ident("model=tiny") != ident("model=tiny-deep")
+    assert ident("model=gpt2") != ident("model=gpt2", "model.name_or_path=gpt2-medium")

@@ -116,9 +116,12 @@ class Context:
                 rec = entry.record()
                 log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
                 return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
-            resumed = entry.dir.exists()
+            left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
-            log.info("[%s] %s %s", step, "resuming in" if resumed else "computing into", entry.dir)
+            if left:
+                log.info("[%s] resuming in %s (%d files from an interrupted run)", step, entry.dir, len(left))
+            else:
+                log.info("[%s] computing into %s", step, entry.dir)
             start = time.perf_counter()
             summary = build(entry.dir) or {}
             seconds = time.perf_counter() - start
@@ -152,9 +155,12 @@ class Context:
         return {**_plain(self.cfg.model), "device": self.cfg.device}
 
     def model_identity(self) -> dict:
-        """What identifies the base model's weights in cache keys."""
+        """What identifies the base model's weights in cache keys. A randomly initialised (tiny) model is
+        its shape + seed + tokenizer: ``load_model`` ignores ``name_or_path`` then, so the key does too."""
         m = _plain(self.cfg.model)
-        return {k: m[k] for k in ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")}
+        keys = ("gguf_file", "tokenizer", "dtype", "random_init") if m.get("random_init") is not None else \
+            ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")
+        return {k: m[k] for k in keys}
 
 
 class Pipeline:
