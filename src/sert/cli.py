@@ -156,7 +156,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         files = _log_to_files(f"job failed: {line}", err)
         where = f" (traceback in {files[0]})" if files else ""
         _jobs["failed"].append(f"{run_dir}: {line}")
-        if _jobs["multirun"]:  # the sweep goes on: say now which job failed; Hydra reports the first failure at the end
+        if _jobs["multirun"]:  # the sweep goes on: say now which job failed (Hydra reports the first at the end)
             log.error("job failed: %s%s", line, where)
         if is_user_error(err):
             raise RunError(line + where) from err
