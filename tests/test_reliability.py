@@ -53,6 +53,20 @@ def test_killed_job_stays_running_without_finish_time(tmp_path, sqa_jsonl):
     assert [s["step"] for s in m["steps"]] == ["data"]
 
 
+def test_unexpected_error_keeps_its_traceback(tmp_path):
+    """A bug (here: a filter whose _target_ builds a plain dict, which has no .check) is not dressed up as
+    a one-line user error: the console shows the traceback; run.json still records the failure."""
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"qid": "q", "text": "t", "token_ids": [1], "num_tokens": 1, "ppl": 9.0}) + "\n")
+    out = tmp_path / "out"
+    proc = run_cli("stage=filter", "model=tiny", "logger=none", f"filter.input={cands}",
+                   "filter.pattern._target_=builtins.dict", out=out, check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "AttributeError: 'dict' object has no attribute 'check'" in proc.stderr
+    m = _manifest(out)
+    assert m["status"] == "failed" and m["error"]["type"] == "AttributeError" and m["error"]["step"] == "filter"
+
+
 def test_user_errors_and_bugs_are_told_apart():
     from sert.cli import is_user_error
     from sert.data import DataError
