@@ -22,5 +22,6 @@ def run(ctx: Context) -> StepOutput:
     if not examples:  # stop this job with the funnel, not a traceback from the trainer
         funnel = selected.summary.get("funnel")
         raise NoPathsError(explain_no_paths(funnel, ctx.cfg.filter) if funnel and not pairs else
-                           f"no reasoning paths to self-train on: {path} has {len(pairs)} rows, none with text")
+                           f"no reasoning paths to self-train on: {path} has {len(pairs)} rows"
+                           + (", none with text" if pairs else ""))
     return train_step(ctx, "self_train", "self_train", examples, [selected])
