@@ -373,3 +373,44 @@ def test_cli_ci_options(grid: Path):
     assert main([str(grid), "--no-plots", "--ci", "1.5"]) == 2
     assert main([str(grid), "--no-plots", "--resamples", "100", "--ci", "0.9", "--boot-seed", "3"]) == 0
     assert "90% CI" in (grid / "report.md").read_text() and "100 replicates, RNG seed 3" in (grid / "report.md").read_text()
+
+
+def test_judge_rows_keep_first_token_rank_and_bins_by_rank(tmp_path: Path):
+    from sert.judge import items_from_rows
+    items = items_from_rows([{"qid": "a", "question": "Q", "text": "t", "first_token_rank": 2},
+                             {"qid": "b", "question": "Q", "output": "o"}], "x")
+    assert items[0]["first_token_rank"] == 2 and "first_token_rank" not in items[1]
+    root = tmp_path / "fig1"
+    rows = [{"qid": "a", "first_token_rank": 0, "overall": 9.0}, {"qid": "a", "first_token_rank": 0, "overall": 1.0},
+            {"qid": "b", "first_token_rank": 0, "overall": 1.5}, {"qid": "a", "first_token_rank": 1, "overall": None},
+            {"qid": "b", "first_token_rank": 1, "overall": 6.0}]
+    make_run(root, "arm", "filter", "gpt2", "commonsense_qa", judge=judge_metrics(1),
+             config={"judge": {"target": "candidates", "input": None}, "generation": {"mode": "topk_alternatives"}},
+             extra_files={("judge", "judge.jsonl"): "".join(json.dumps(r) + "\n" for r in rows)})
+    text = build_report(root, plots=False)[0].read_text()
+    # rank 0: both questions have an output in [0,2), only a in [8,10]; rank 1: b in [6,8), a unscored
+    assert "| rank 0 | 2 | 1.00 | 0.00 | 0.00 | 0.00 | 0.50 |" in text
+    assert "| rank 1 | 2 | 0.00 | 0.00 | 0.00 | 0.50 | 0.00 |" in text
+
+
+@pytest.mark.parametrize("exp", ["fig1_sampling", "fig1_sampling_cpu"])
+def test_fig1_experiment_samples_held_out_questions(exp):
+    from conftest import compose
+    cfg = compose(f"experiment={exp}")
+    assert cfg.dataset.split == "test" and cfg.stage.name == "filter" and list(cfg.stage.extra_steps) == ["judge"]
+    assert list(cfg.filter.order) == ["pattern", "length", "rep2", "perplexity"] and cfg.judge.target == "candidates"
+    sert_arm = compose(f"experiment={exp}", "prompts.generate='Question: {question}. Answer:'")
+    from sert.data import make_record
+    from sert.evaluate import prompt_for
+    from sert.prompts import Prompts
+    rec = make_record({"question": "Is water wet?", "answer": "Yes"}, "q")
+    p = Prompts(**{k: v for k, v in sert_arm.prompts.items()})
+    assert p.generation_prompt(rec) == prompt_for(Prompts(), "self_train", rec)  # the SERT model's training prompt
+
+
+def test_fig4_arms_share_questions():
+    from conftest import compose
+    for preset in ("raw", "full"):
+        cfg = compose("experiment=fig4_filter_ablation", f"filter={preset}")
+        assert cfg.dataset.limit == 100 and cfg.judge.sample is None and cfg.judge.target == "selected"
+    assert compose("experiment=fig4_filter_ablation", "filter=raw").filter.selector.strategy == "random"

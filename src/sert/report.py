@@ -494,10 +494,11 @@ def funnel_table(runs: list[Run]) -> str:
         st = run.filter_stats() or {}
         steps = " → ".join(f"{f['filter']} {f['kept']} ({f.get('questions_with_path', MISSING)} q)"
                            for f in st.get("funnel", [])) or "(no filters)"
-        rows.append([_model_name(run.model), DATASET_NAMES.get(run.dataset, run.dataset), run.filter or MISSING,
+        rows.append([_model_name(str(run.cfg("model.name") or run.model)), DATASET_NAMES.get(run.dataset, run.dataset),
+                     str(run.cfg("dataset.split") or MISSING), run.filter or MISSING,
                      f"{st.get('candidates', MISSING)} ({st.get('questions', MISSING)} q)", steps,
                      str(st.get("selected", MISSING))])
-    return _md_table(["Model", "Dataset", "Filter preset", "Candidates", "Kept after each filter (questions)",
+    return _md_table(["Model", "Dataset", "Split", "Filter preset", "Candidates", "Kept after each filter (questions)",
                       "Selected"], rows)
 
 
