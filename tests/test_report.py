@@ -414,3 +414,56 @@ def test_fig4_arms_share_questions():
         cfg = compose("experiment=fig4_filter_ablation", f"filter={preset}")
         assert cfg.dataset.limit == 100 and cfg.judge.sample is None and cfg.judge.target == "selected"
     assert compose("experiment=fig4_filter_ablation", "filter=raw").filter.selector.strategy == "random"
+
+
+def test_failed_study_cells_are_listed(tmp_path: Path):
+    root = tmp_path / "results"
+    seeded_cell(root / "sqa_s0", "sert", [[True] * 4])
+    (root / "sqa_s1").mkdir(parents=True)
+    (root / "sqa_s1" / "CELL.failed.json").write_text(json.dumps({
+        "cell": "sqa_s1", "finished": "2026-01-01 10:00:00",
+        "jobs": [{"job": "finetune", "returncode": 0}, {"job": "rd", "returncode": 1}, {"job": "x", "returncode": None}]}))
+    text = build_report(root, plots=False)[0].read_text()
+    assert "| sqa_s1 | 2026-01-01 10:00:00 | rd (exit 1), x (skipped) |" in text
+
+
+def _study_driver():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cpu_study_run", Path(__file__).resolve().parents[1]
+                                                  / "experiments" / "cpu_study" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_study_driver_picks_the_next_unfinished_cell(tmp_path: Path, capsys):
+    drv = _study_driver()
+    names = [c.name for c in drv.cells()]
+    assert names[:6] == ["teacher_sqa", "teacher_csqa", "sqa_s0", "csqa_s0", "fig1", "fig4"]  # teachers before RD
+    assert {f"{d}_s{s}" for d in ("sqa", "csqa") for s in (0, 1, 2)} <= set(names)
+    assert drv.main(["next", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cell teacher_sqa" in out and "experiment=cpu_study_sqa stage=teacher teacher=local" in out
+    (tmp_path / "teacher_sqa").mkdir()
+    (tmp_path / "teacher_sqa" / "CELL.json").write_text("{}")
+    assert drv.main(["next", "--dry-run", "--results", str(tmp_path), "--extra", "model=tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "cell teacher_csqa" in out and "stage=teacher" in out and "model=tiny" in out
+    assert drv.main(["list", "--results", str(tmp_path)]) == 0
+    assert "teacher_sqa" in capsys.readouterr().out
+    assert drv.main(["nope", "--dry-run", "--results", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("exp", ["cpu_study", "cpu_study_sqa", "cpu_study_csqa", "cpu_study_fig1", "cpu_study_fig4"])
+def test_cpu_study_experiments_compose(exp):
+    from conftest import compose
+    cfg = compose(f"experiment={exp}", "seed=1")
+    assert cfg.model.name == "smollm2-135m" and cfg.device == "cpu" and cfg.seed == 1
+    if exp == "cpu_study_sqa":
+        assert cfg.dataset.name == "strategy_qa" and cfg.evaluate.limit is None and cfg.dataset.split == "train"
+    if exp == "cpu_study_fig1":
+        assert cfg.dataset.split == "test" and cfg.stage.name == "filter"
+    if exp == "cpu_study_fig4":
+        assert cfg.judge.target == "selected" and cfg.judge.sample is None and cfg.dataset.limit == 30

@@ -467,6 +467,17 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
     return _md_table(["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "seeds×n"], rows), notes
 
 
+def cell_failures(root: Path) -> str | None:
+    rows = []
+    for path in sorted(root.rglob("CELL.failed.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        bad = [j for j in rec.get("jobs", []) if j.get("returncode") != 0]
+        rows.append([str(rec.get("cell", path.parent.name)), rec.get("finished", MISSING),
+                     ", ".join(f"{j['job']} ({'skipped' if j.get('returncode') is None else 'exit ' + str(j['returncode'])})"
+                               for j in bad) or MISSING])
+    return _md_table(["Cell", "Finished at", "Failed jobs"], rows) if rows else None
+
+
 def unfinished_runs(runs: list[Run]) -> str | None:
     bad = [r for r in runs if r.status != "ok"]
     if not bad:
@@ -827,6 +838,12 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
                   f"by seed and question (only seeds and questions present in both arms), {ci} by the same bootstrap "
                   "over the per-question differences. An interval containing 0 is inside the noise.", "",
                   *([diffs, ""] if diffs else []), *[f"- {n}" for n in dnotes], ""]
+    cells_failed = cell_failures(root)
+    if cells_failed:
+        lines += ["## Study cells not finished", "",
+                  "Cells whose driver run had a failing job (`CELL.failed.json`, written by "
+                  "experiments/cpu_study/run.py; a job that failed before writing run.json shows only here).", "",
+                  cells_failed, ""]
     bad = unfinished_runs(runs)
     if bad:
         lines += ["## Failed and unfinished runs", "",
