@@ -78,7 +78,7 @@ def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
     preds = read_jsonl(Path(ev["dir"]) / "predictions.jsonl")
     assert len(preds) == 3 and preds[0]["question"].startswith("Can a fish")
     metrics = read_json(Path(ev["dir"]) / "metrics.json")
-    assert set(metrics) == {"acc", "fmt", "len", "rep", "n"} and metrics["n"] == 3
+    assert set(metrics) == {"acc", "fmt", "len", "rep", "n", "acc_lenient", "fmt_prefix"} and metrics["n"] == 3
     assert ev["summary"]["metrics"] == metrics
 
 
