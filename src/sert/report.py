@@ -264,7 +264,7 @@ def per_seed_runs(runs: list[Run]) -> tuple[dict[Any, Run], list[str]]:
 
 
 # per-question prediction field of each bootstrapped metric
-ROW_FIELDS = {"acc": "correct", "fmt": "format_ok", "acc_lenient": "correct_lenient", "fmt_prefix": "format_prefix"}
+ROW_FIELDS = {"acc": "correct", "acc_lenient": "correct_lenient", "fmt": "format_ok", "fmt_prefix": "format_prefix"}
 
 
 def question_matrix(runs: dict[Any, Run], metric: str) -> tuple[list, list[str], Any] | None:
@@ -420,7 +420,7 @@ def lenient_table(runs: list[Run], opts: Options) -> str | None:
     for key in sorted(cells, key=lambda k: (_rank(k[2], DATASETS), _rank(k[0], MODELS), k[0], _rank(k[1], METHODS))):
         model, method, ds = key
         chosen, _ = per_seed_runs(cells[key]["ok"])
-        est = {k: estimate(chosen, k, opts, (model, method, ds, k)) for k in ("acc", "acc_lenient", "fmt", "fmt_prefix")}
+        est = {k: estimate(chosen, k, opts, (model, method, ds, k)) for k in ROW_FIELDS}  # acc, fmt, lenient, prefix
         rows.append([DATASET_NAMES.get(ds, ds), _model_name(model), METHOD_NAMES.get(method, method),
                      *[fmt_estimate(k, e) for k, e in est.items()]])
     return _md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)"],
@@ -472,9 +472,9 @@ def cell_failures(root: Path) -> str | None:
     for path in sorted(root.rglob("CELL.failed.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
         bad = [j for j in rec.get("jobs", []) if j.get("returncode") != 0]
+        why = {id(j): "skipped" if j.get("returncode") is None else f"exit {j['returncode']}" for j in bad}
         rows.append([str(rec.get("cell", path.parent.name)), rec.get("finished", MISSING),
-                     ", ".join(f"{j['job']} ({'skipped' if j.get('returncode') is None else 'exit ' + str(j['returncode'])})"
-                               for j in bad) or MISSING])
+                     ", ".join(f"{j['job']} ({why[id(j)]})" for j in bad) or MISSING])
     return _md_table(["Cell", "Finished at", "Failed jobs"], rows) if rows else None
 
 
@@ -700,8 +700,13 @@ def fig1_arms(runs: list[Run]) -> dict[str, dict[str, tuple[Run, dict]]]:
         rows = run_survival(r)
         if rows:
             arms[r.dataset][fig1_label(r)].append((r, rows))
-    return {ds: {lb: (max(v, key=lambda x: x[0].mtime)[0], survival_shares(max(v, key=lambda x: x[0].mtime)[1]))
-                 for lb, v in labelled.items()} for ds, labelled in arms.items()}
+    out: dict[str, dict[str, tuple[Run, dict]]] = {}
+    for ds, labelled in arms.items():
+        out[ds] = {}
+        for label, found in labelled.items():
+            run, rows = max(found, key=lambda x: x[0].mtime)  # an arm run twice: the newest
+            out[ds][label] = (run, survival_shares(rows))
+    return out
 
 
 def fig1_tables(arms: dict) -> list[str]:
