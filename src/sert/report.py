@@ -80,6 +80,7 @@ class Run:
     status: str = "ok"  # run.json "status": running | ok | failed (manifests without it count as ok)
     error: dict | None = None  # {"type", "message", "step"} of a failed run
     rel: str = ""  # the run dir relative to the report's root (printed instead of absolute paths)
+    _predictions: list[dict] | None = field(default=None, repr=False, compare=False)  # read once
 
     @property
     def seed(self) -> Any:
@@ -87,10 +88,13 @@ class Run:
 
     def predictions(self) -> list[dict] | None:
         """evaluate's predictions.jsonl rows (qid, correct, format_ok, correct_lenient, ...), or None."""
-        path = self.file("evaluate", "predictions.jsonl") if "evaluate" in self.steps else None
-        if path is None:
-            return None
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if self._predictions is None:
+            path = self.file("evaluate", "predictions.jsonl") if "evaluate" in self.steps else None
+            if path is None:
+                return None
+            self._predictions = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                                 if line.strip()]
+        return self._predictions
 
     def teacher_summary(self) -> dict | None:
         if "teacher" not in self.steps:
