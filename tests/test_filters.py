@@ -227,3 +227,24 @@ def test_filter_input_without_token_ids_is_tokenized_with_the_model_tokenizer(tm
     assert [(r["qid"], r["num_tokens"], len(r["token_ids"])) for r in selected] == [("q1", 60, 60)]
     rejected = [json.loads(line) for line in (run / "filter" / "rejected.jsonl").read_text().splitlines()]
     assert [(r["qid"], r["reason"]) for r in rejected] == [("q2", "length: 25 < 26 tokens")]
+
+def test_selector_random_strategy_is_seeded_per_question():
+    rows = [cand(qid=f"q{q}", ids=[q, s, 1, 2, 1, 2], rank=s % 5, sample=s) for q in range(6) for s in range(25)]
+    a = {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(rows)}
+    assert a == {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(list(reversed(rows)))}
+    # a question's draw does not depend on the other questions present
+    assert {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(rows[:25])} == {"q0": a["q0"]}
+    b = {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=2).select(rows)}
+    assert a != b  # another seed, other draws (6 questions x 25 candidates: equal by chance with p = 25^-6)
+    lowest = {r["qid"]: r["sample"] for r in Selector().select(rows)}
+    assert set(lowest.values()) == {0}  # every path ties on rep-2 here: lowest_rep2 takes rank 0 / sample 0
+    assert set(a.values()) != {0}
+    with pytest.raises(ValueError, match="strategy"):
+        Selector(strategy="best")
+
+
+def test_raw_preset_uses_the_random_selector():
+    cfg = compose("filter=raw", "seed=7")
+    sel = instantiate(cfg.filter.selector)
+    assert (sel.strategy, sel.seed) == ("random", 7)
+    assert instantiate(compose("filter=full").filter.selector).strategy == "lowest_rep2"

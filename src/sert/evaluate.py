@@ -26,7 +26,8 @@ from pathlib import Path
 from sert.artifacts import file_hash, write_json, write_jsonl
 from sert.data import Record
 from sert.engine import DecodeStats, decode
-from sert.metrics import compute_metrics, extract_answer, is_well_formatted, split_reasoning
+from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
+                          is_well_formatted, split_reasoning)
 from sert.models import load_model
 from sert.pipeline import Context, StepOutput
 from sert.train_steps import TRAINING_STEPS, training_info
@@ -72,26 +73,35 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
 
 def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep_n: int = 3,
           max_rep: float = 0.3) -> tuple[list[dict], dict]:
-    """Prediction rows and the metrics dict for generated ``outputs``."""
+    """Prediction rows and the metrics dict for generated ``outputs``.
+
+    Besides the paper's strict Acc/Fmt, each row carries ``correct_lenient`` (``extract_answer_lenient``:
+    the last answer candidate when the strict extraction finds none) and ``format_prefix``
+    (``is_prefix_formatted``); the metrics gain ``acc_lenient`` and ``fmt_prefix`` (labelled, not the paper's)."""
     label_only = fmt == "label_only"
-    rows, ok, reason_len, out_toks = [], [], [], []
+    rows, ok, reason_len, out_toks, prefix = [], [], [], [], []
     for rec, output in zip(records, outputs):
         extracted = extract_answer(output, rec.choices, label_only=label_only)
+        lenient = extract_answer_lenient(output, rec.choices, label_only=label_only)
         row = {"qid": rec.qid, "question": rec.question, "gold": rec.answer, "output": output,
-               "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None}
+               "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None,
+               "extracted_lenient": lenient, "correct_lenient": lenient == rec.answer, "format_prefix": None}
         if not label_only:
             reasoning, _ = split_reasoning(output)
             toks = tokenizer(output.strip(), add_special_tokens=False)["input_ids"]
             row["reasoning"] = reasoning
             row["format_ok"] = is_well_formatted(output, extracted, toks, rep_order=rep_n, max_rep=max_rep)
+            row["format_prefix"] = is_prefix_formatted(output, rec.choices)
             ok.append(row["format_ok"])
+            prefix.append(row["format_prefix"])
             reason_len.append(len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0)
             out_toks.append(toks)
         rows.append(row)
     correct = [r["correct"] for r in rows]
+    lenient_ok = [r["correct_lenient"] for r in rows]
     if label_only:
-        return rows, compute_metrics(correct)
-    return rows, compute_metrics(correct, ok, reason_len, out_toks)
+        return rows, compute_metrics(correct, correct_lenient=lenient_ok)
+    return rows, compute_metrics(correct, ok, reason_len, out_toks, correct_lenient=lenient_ok, format_prefix=prefix)
 
 
 def warn_context(stats: DecodeStats, max_new: int) -> None:

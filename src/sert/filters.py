@@ -120,13 +120,24 @@ class PerplexityFilter:
 
 
 class Selector:
-    """Per question, the surviving candidate with the lowest rep-n; ties -> lower first_token_rank
-    (null ranks, i.e. raw mode, count as 0), then lower sample index, then file order."""
+    """Per question, one surviving candidate.
 
-    def __init__(self, n: int = 2, unit: str = "tokens"):
-        self.n, self.unit = n, unit
+    ``strategy=lowest_rep2`` (paper III-A): the lowest rep-n; ties -> lower first_token_rank (null ranks,
+    i.e. raw mode, count as 0), then lower sample index, then file order.
+    ``strategy=random`` (Fig. 4's "raw" arm: no filter, no rep-2 preference): a survivor drawn uniformly
+    with ``random.Random`` seeded by (``seed``, qid) among the survivors ordered by (first_token_rank, sample),
+    so the draw depends neither on the other questions nor on the file order."""
+
+    STRATEGIES = ("lowest_rep2", "random")
+
+    def __init__(self, n: int = 2, unit: str = "tokens", strategy: str = "lowest_rep2", seed: int = 0):
+        if strategy not in self.STRATEGIES:
+            raise ValueError(f"filter.selector.strategy must be one of {self.STRATEGIES}, got {strategy!r}")
+        self.n, self.unit, self.strategy, self.seed = n, unit, strategy, seed
 
     def select(self, cands: list[dict]) -> list[dict]:
+        if self.strategy == "random":
+            return self._random(cands)
         best: dict[str, tuple] = {}
         for i, c in enumerate(cands):
             rate = rep_n(unit_tokens(c, self.unit), self.n)
@@ -134,6 +145,21 @@ class Selector:
             if c["qid"] not in best or key < best[c["qid"]][0]:
                 best[c["qid"]] = (key, {**c, "rep2": rate})
         return [row for _, row in best.values()]
+
+    def _random(self, cands: list[dict]) -> list[dict]:
+        import random
+
+        from sert.artifacts import stable_hash
+
+        by_q: dict[str, list[dict]] = {}
+        for c in cands:
+            by_q.setdefault(c["qid"], []).append(c)
+        out = []
+        for qid, group in by_q.items():
+            group = sorted(group, key=lambda c: (c.get("first_token_rank") or 0, c.get("sample") or 0))
+            c = random.Random(stable_hash([self.seed, qid])).choice(group)
+            out.append({**c, "rep2": rep_n(unit_tokens(c, self.unit), self.n)})
+        return out
 
 
 def apply_chain(cands: list[dict], chain: list[tuple[str, object]], selector: Selector) -> tuple[list, list, dict]:
