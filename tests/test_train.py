@@ -4,17 +4,15 @@ kill, the self_train / distill / finetune steps end to end on the tiny model, ca
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CSQA_ROWS, ROOT, SHARED, compose, run_cli, run_dirs
+from conftest import CSQA_ROWS, SHARED, compose, run_cli, run_dirs
 from sert.artifacts import read_json, read_jsonl
+from sert.hardware import bf16_fast
 from sert.models import byte_tokenizer, load_model
 from sert.pipeline import Context, StepOutput, _plain
 from sert.train import HFTrainer, LoopTrainer
@@ -108,7 +106,9 @@ def test_trainer_lowers_loss_and_reports_throughput(cls, tmp_path):
     assert mean_loss(model, tok, EXAMPLES) < before - 0.3
     assert s["steps"] == 12 and s["examples"] == 8 and s["resumed_from"] is None
     assert 0 < s["tokens"] <= s["padded_tokens"] and s["tokens_per_s"] > 0
-    assert not (tmp_path / "checkpoints").exists()  # removed once training finished (keep_checkpoints=false)
+    assert s["precision"] == ("bf16" if bf16_fast("cpu") else "fp32")  # trainer.precision=auto
+    trainer.drop_checkpoints(tmp_path)  # what the training step calls once model/ is saved
+    assert not (tmp_path / "checkpoints").exists()  # keep_checkpoints=false
 
 
 def test_trainer_config_matches_both_signatures():
@@ -122,66 +122,6 @@ def test_trainer_config_matches_both_signatures():
         assert set(cfg) <= set(params), set(cfg) - set(params)
     assert isinstance(instantiate(_plain(compose("trainer=loop").trainer)), LoopTrainer)
     assert isinstance(instantiate(_plain(compose().trainer)), HFTrainer)
-
-
-KILL_SCRIPT = """
-import os, signal, sys
-from transformers import TrainerCallback
-from sert.models import load_model
-from sert.train import HFTrainer
-from sert.training_data import Example
-
-class KillAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kw):
-        if state.global_step >= 2:
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill right after checkpoint-2 is on disk
-
-model, tok = load_model("tiny", random_init={TINY}, device="cpu")
-ex = [Example(f"Question: what is {{i}} plus one? Answer:", f" {{i}} and one. So the answer is {{i + 1}}.") for i in range(8)]
-t = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2, save_total_limit=2)
-t.callbacks.append(KillAfterSave())
-t.train(model, tok, ex, sys.argv[1])
-"""
-
-
-def test_hf_training_resumes_after_a_kill(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(TINY=TINY), str(tmp_path)],
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
-    state = read_json(tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json")
-    assert state["global_step"] == 2
-    model, tok = tiny()
-    s = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2).train(model, tok, EXAMPLES, tmp_path)
-    assert s["resumed_from"] == "checkpoint-2" and s["steps"] == 6
-    # this session trained steps 3-6 only: 4 batches of 4 examples
-    assert s["tokens"] < s["tokens_total"]
-    history = read_json(tmp_path / "log_history.json")
-    assert history[-1]["step"] == 6
-
-
-def test_loop_training_resumes_after_a_crash(tmp_path, monkeypatch):
-    real_save = LoopTrainer._save
-
-    def crash_after_step_2(self, ckpt_dir, step, *a):
-        real_save(self, ckpt_dir, step, *a)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(LoopTrainer, "_save", crash_after_step_2)
-    model, tok = tiny()
-    cfg = dict(max_steps=5, batch_size=4, save_strategy="steps", save_steps=1, save_total_limit=1)
-    with pytest.raises(KeyboardInterrupt):
-        LoopTrainer(**cfg).train(model, tok, EXAMPLES, tmp_path)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]
-    monkeypatch.setattr(LoopTrainer, "_save", real_save)
-    resumed, tok = tiny()
-    s = LoopTrainer(**cfg).train(resumed, tok, EXAMPLES, tmp_path)
-    assert s["resumed_from"] == "step-2" and s["steps"] == 5
-    # identical to an uninterrupted run: same batches, same optimiser state
-    fresh, _ = tiny()
-    LoopTrainer(**cfg).train(fresh, tok, EXAMPLES, tmp_path / "fresh")
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(resumed.parameters(), fresh.parameters()))
 
 
 # ----------------------------------------------------------------------------- steps, in process
