@@ -128,6 +128,11 @@ def test_invalid_newest_checkpoint_is_deleted_and_the_previous_one_used(cls, tmp
     for k in ("train_loss", "tokens", "padded_tokens", "steps"):
         assert second[k] == first[k]
     assert torch.equal(flat(again), flat(model))
+    done, tok = tiny()  # killed after the last checkpoint, before the final save: nothing left to train
+    third = cls(**cfg).train(done, tok, EXAMPLES, tmp_path / "a")
+    assert third["resumed_from"] == ckpts[-1].name
+    assert all(third[k] == first[k] for k in ("train_loss", "tokens", "padded_tokens", "steps", "epochs"))
+    assert torch.equal(flat(done), flat(model))
 
     (ckpts[-1] / TOTALS).unlink()  # a checkpoint without its running totals is not resumed from either
     assert cls(**cfg).problem(ckpts[-1]) is not None

@@ -276,12 +276,13 @@ class HFTrainer(BaseTrainer):
         )
 
     def problem(self, ckpt: Path) -> str | None:
-        if not (ckpt / "trainer_state.json").is_file() or not (ckpt / TOTALS).is_file():
-            return "trainer_state.json or sert_totals.json missing"
+        why = _load_problem(ckpt / TOTALS) or _load_problem(ckpt / "trainer_state.json")
+        if why:
+            return why
         weights = sorted(ckpt.glob("*.safetensors")) or sorted(ckpt.glob("pytorch_model*.bin"))
         if not weights:
             return "no model weights"
-        needed = [ckpt / "trainer_state.json", ckpt / TOTALS, ckpt / "scheduler.pt", *weights]
+        needed = [ckpt / "scheduler.pt", *weights]
         needed += sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
         if read_json(ckpt / TOTALS).get("optimizer", True):
             needed.append(ckpt / "optimizer.pt")
