@@ -4,17 +4,15 @@ kill, the self_train / distill / finetune steps end to end on the tiny model, ca
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CSQA_ROWS, ROOT, SHARED, compose, run_cli, run_dirs
+from conftest import CSQA_ROWS, SHARED, compose, run_cli, run_dirs
 from sert.artifacts import read_json, read_jsonl
+from sert.hardware import bf16_fast
 from sert.models import byte_tokenizer, load_model
 from sert.pipeline import Context, StepOutput, _plain
 from sert.train import HFTrainer, LoopTrainer
@@ -108,7 +106,9 @@ def test_trainer_lowers_loss_and_reports_throughput(cls, tmp_path):
     assert mean_loss(model, tok, EXAMPLES) < before - 0.3
     assert s["steps"] == 12 and s["examples"] == 8 and s["resumed_from"] is None
     assert 0 < s["tokens"] <= s["padded_tokens"] and s["tokens_per_s"] > 0
-    assert not (tmp_path / "checkpoints").exists()  # removed once training finished (keep_checkpoints=false)
+    assert s["precision"] == ("bf16" if bf16_fast("cpu") else "fp32")  # trainer.precision=auto
+    trainer.drop_checkpoints(tmp_path)  # what the training step calls once model/ is saved
+    assert not (tmp_path / "checkpoints").exists()  # keep_checkpoints=false
 
 
 def test_trainer_config_matches_both_signatures():
@@ -122,66 +122,6 @@ def test_trainer_config_matches_both_signatures():
         assert set(cfg) <= set(params), set(cfg) - set(params)
     assert isinstance(instantiate(_plain(compose("trainer=loop").trainer)), LoopTrainer)
     assert isinstance(instantiate(_plain(compose().trainer)), HFTrainer)
-
-
-KILL_SCRIPT = """
-import os, signal, sys
-from transformers import TrainerCallback
-from sert.models import load_model
-from sert.train import HFTrainer
-from sert.training_data import Example
-
-class KillAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kw):
-        if state.global_step >= 2:
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard kill right after checkpoint-2 is on disk
-
-model, tok = load_model("tiny", random_init={TINY}, device="cpu")
-ex = [Example(f"Question: what is {{i}} plus one? Answer:", f" {{i}} and one. So the answer is {{i + 1}}.") for i in range(8)]
-t = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2, save_total_limit=2)
-t.callbacks.append(KillAfterSave())
-t.train(model, tok, ex, sys.argv[1])
-"""
-
-
-def test_hf_training_resumes_after_a_kill(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(TINY=TINY), str(tmp_path)],
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
-    state = read_json(tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json")
-    assert state["global_step"] == 2
-    model, tok = tiny()
-    s = HFTrainer(max_steps=6, batch_size=4, save_strategy="steps", save_steps=2).train(model, tok, EXAMPLES, tmp_path)
-    assert s["resumed_from"] == "checkpoint-2" and s["steps"] == 6
-    # this session trained steps 3-6 only: 4 batches of 4 examples
-    assert s["tokens"] < s["tokens_total"]
-    history = read_json(tmp_path / "log_history.json")
-    assert history[-1]["step"] == 6
-
-
-def test_loop_training_resumes_after_a_crash(tmp_path, monkeypatch):
-    real_save = LoopTrainer._save
-
-    def crash_after_step_2(self, ckpt_dir, step, *a):
-        real_save(self, ckpt_dir, step, *a)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(LoopTrainer, "_save", crash_after_step_2)
-    model, tok = tiny()
-    cfg = dict(max_steps=5, batch_size=4, save_strategy="steps", save_steps=1, save_total_limit=1)
-    with pytest.raises(KeyboardInterrupt):
-        LoopTrainer(**cfg).train(model, tok, EXAMPLES, tmp_path)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]
-    monkeypatch.setattr(LoopTrainer, "_save", real_save)
-    resumed, tok = tiny()
-    s = LoopTrainer(**cfg).train(resumed, tok, EXAMPLES, tmp_path)
-    assert s["resumed_from"] == "step-2" and s["steps"] == 5
-    # identical to an uninterrupted run: same batches, same optimiser state
-    fresh, _ = tiny()
-    LoopTrainer(**cfg).train(fresh, tok, EXAMPLES, tmp_path / "fresh")
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(resumed.parameters(), fresh.parameters()))
 
 
 # ----------------------------------------------------------------------------- steps, in process
@@ -322,3 +262,72 @@ def test_cli_finetune_real_model(tmp_path):
     train, ev = run["steps"]
     assert train["summary"]["steps"] == 2 and train["summary"]["train_loss"] > 0
     assert ev["summary"]["metrics"]["n"] == 4
+
+
+# ----------------------------------------------------------------------------- clipping and precision
+@pytest.mark.parametrize("cls", [HFTrainer, LoopTrainer])
+def test_max_grad_norm_zero_or_null_means_no_clipping(cls, tmp_path):
+    def weights(max_grad_norm):
+        model, tok = tiny()
+        cls(max_steps=3, batch_size=4, lr=1e-3, max_grad_norm=max_grad_norm, save_strategy="no").train(
+            model, tok, EXAMPLES, tmp_path / str(max_grad_norm))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    start = torch.cat([p.detach().flatten() for p in tiny()[0].parameters()])
+    unclipped = weights(0)
+    assert not torch.equal(unclipped, start)  # gradients were applied (not zeroed)
+    assert torch.equal(weights(None), unclipped)
+    assert torch.equal(weights(1e9), unclipped)  # a bound never reached = no clipping
+    assert not torch.equal(weights(1e-4), unclipped)  # a bound that bites changes the result
+
+
+def test_precision_resolves_at_run_time_and_fp16_needs_cuda():
+    from sert.train import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_fast("cpu") else "fp32")
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="trainer.precision must be one of"):
+        LoopTrainer(precision="fp8")
+
+
+def test_cache_key_holds_the_resolved_precision(tmp_path, csqa_files):
+    from sert.train_steps import trainer_material
+
+    auto = trainer_material(make_ctx(tmp_path, csqa_files))
+    assert auto["precision"] == ("bf16" if bf16_fast("cpu") else "fp32")
+    explicit = trainer_material(make_ctx(tmp_path, csqa_files, f"trainer.precision={auto['precision']}"))
+    assert explicit == auto  # auto and what it resolves to build the same cache entry
+    assert trainer_material(make_ctx(tmp_path, csqa_files, "trainer.max_grad_norm=null"))["max_grad_norm"] == 0.0
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        trainer_material(make_ctx(tmp_path, csqa_files, "trainer.precision=fp16"))
+    assert "checkpoint_optimizer" not in auto  # only a resumed run differs (and is logged as inexact)
+
+
+def test_cli_refuses_fp16_on_cpu(tmp_path, csqa_files):
+    data, split = csqa_files
+    proc = run_cli("stage=finetune", "model=tiny", "device=cpu", f"dataset.path={data}", f"dataset.split_file={split}",
+                   "trainer.precision=fp16", out=tmp_path, check=False)
+    assert proc.returncode != 0 and "trainer.precision=fp16 needs a CUDA GPU" in proc.stderr
+
+
+# bf16 autocast (fp32 master weights) against fp32: the per-step training loss of the tiny model over 8
+# steps stays within 0.2% (relative). Measured here (AVX2, emulated bf16): at most 6.5e-5.
+BF16_REL_TOL = 2e-3
+
+
+@pytest.mark.parametrize("cls", [HFTrainer, LoopTrainer])
+def test_bf16_loss_curve_follows_fp32(cls, tmp_path):
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model, tok = tiny()
+        s = cls(max_steps=8, batch_size=4, lr=3e-3, precision=precision, save_strategy="no", logging_steps=1).train(
+            model, tok, EXAMPLES, tmp_path / precision)
+        assert s["precision"] == precision
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+        curves[precision] = [r["loss"] for r in read_json(tmp_path / precision / "log_history.json") if "loss" in r]
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert len(fp32) == len(bf16) == 8 and fp32[-1] < fp32[0] - 0.3
+    assert fp32 != bf16  # autocast really ran in bf16
+    assert all(abs(a - b) <= BF16_REL_TOL * a for a, b in zip(fp32, bf16)), list(zip(fp32, bf16))

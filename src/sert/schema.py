@@ -143,6 +143,7 @@ class FilterConfig:
 
 
 class Precision(str, Enum):
+    auto = "auto"  # bf16 autocast where sert.hardware.bf16_fast(device), else fp32 (resolved at run time)
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -169,10 +170,10 @@ class TrainerConfig:
     adam_beta2: float = 0.999
     lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine
     warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: Optional[float] = 1.0  # 0 or null: no clipping
     grad_accum: int = 1
     max_length: int = 1024
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto  # fp16 only on CUDA
     loss_on: LossOn = LossOn.answer
     group_by_length: bool = True
     eval_fraction: float = 0.0
@@ -182,6 +183,7 @@ class TrainerConfig:
     save_steps: int = 500
     save_total_limit: Optional[int] = 1
     keep_checkpoints: bool = False
+    checkpoint_optimizer: bool = True  # false: weights-only checkpoints (1x model, resume restarts Adam: inexact)
     logging_steps: int = 10
     report_to: str = "none"
 

@@ -4,29 +4,37 @@ trainer from config, the cache key, loading the starting weights, saving ``model
 Output of each: the cache entry ``<cache>/<step>/<key>/`` with ``model/`` (a HF checkpoint, loadable
 by ``sert.models.load_model``; ``model/training_info.json`` names the output format the evaluate step
 prompts with), ``train_data.jsonl`` (the rendered prompt/completion pairs), ``log_history.json``.
-The key hashes the trainer config (minus pure logging/saving knobs), the format and its template, the
-starting weights (base model identity, or the key of the step that produced them), the training
-data's key and the seed.
+The key hashes the trainer config (minus pure logging/saving knobs; ``precision: auto`` resolved to what
+this machine trains in), the format and its template, the starting weights (base model identity, or the
+key of the step that produced them), the training data's key and the seed.
+
+Order of the final writes, each resumable: training (checkpoints) -> ``train_summary.json`` -> ``model/``
+(written to a temporary directory, ``training_info.json`` included, then renamed) -> checkpoints deleted.
+A rerun that finds ``model/`` and the summary does not train again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from hydra.utils import instantiate
 
+from sert import faults
 from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
-from sert.models import load_model, save_model
+from sert.models import load_model, resolve_device, save_model
 from sert.pipeline import Context, Dataset, StepOutput, _plain
-from sert.train import NON_RESULT_KNOBS, BaseTrainer
+from sert.train import NON_RESULT_KNOBS, BaseTrainer, resolve_precision
 from sert.training_data import Example
 
 log = logging.getLogger(__name__)
 
 TRAINING_STEPS = ("self_train", "distill", "finetune")
 INFO = "training_info.json"
+SUMMARY = "train_summary.json"
 
 
 def make_trainer(ctx: Context) -> BaseTrainer:
@@ -35,8 +43,12 @@ def make_trainer(ctx: Context) -> BaseTrainer:
 
 
 def trainer_material(ctx: Context) -> dict:
-    """The trainer config that determines the trained weights (logging/saving knobs left out)."""
-    return {k: v for k, v in _plain(ctx.cfg.trainer).items() if k not in NON_RESULT_KNOBS}
+    """The trainer config that determines the trained weights (logging/saving knobs left out), with
+    ``precision`` resolved for the run's device and ``max_grad_norm`` null written as 0 (both: no clipping)."""
+    material = {k: v for k, v in _plain(ctx.cfg.trainer).items() if k not in NON_RESULT_KNOBS}
+    material["precision"] = resolve_precision(material.get("precision", "auto"), resolve_device(ctx.cfg.device))
+    material["max_grad_norm"] = float(material.get("max_grad_norm") or 0.0)
+    return material
 
 
 def records_from_rows(rows: list[dict], source: Path) -> list[tuple[Record, dict]]:
@@ -56,6 +68,17 @@ def training_info(model_dir: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+def save_final_model(model, tok, out: Path, info: dict) -> Path:
+    """``model/`` with its ``training_info.json``, complete or absent: written beside it, then renamed."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tok, tmp)
+    write_json(tmp / INFO, info)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def train_step(ctx: Context, step: str, fmt: str, examples: list[Example], inputs: list[StepOutput | Dataset],
                init: StepOutput | None = None) -> StepOutput:
     """Train the base model (or ``init``'s checkpoint) on ``examples`` through the stage cache."""
@@ -70,13 +93,20 @@ def train_step(ctx: Context, step: str, fmt: str, examples: list[Example], input
 
     def build(d: Path) -> dict:
         write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
-        if init is None:
-            model, tok = load_model(**ctx.model_kwargs())
+        trainer = make_trainer(ctx)
+        if (d / "model" / INFO).exists() and (d / SUMMARY).exists():
+            log.info("[%s] model/ was saved by an earlier, interrupted run of this entry: not training again", step)
+            summary = read_json(d / SUMMARY)
         else:
-            model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device)
-        summary = make_trainer(ctx).train(model, tok, examples, d, seed=ctx.cfg.seed)
-        save_model(model, tok, d / "model")
-        write_json(d / "model" / INFO, {"step": step, "format": fmt, "init": init.step if init else "base"})
+            if init is None:
+                model, tok = load_model(**ctx.model_kwargs())
+            else:
+                model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device)
+            summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
+            write_json(d / SUMMARY, summary)
+            save_final_model(model, tok, d / "model", {"step": step, "format": fmt, "init": init.step if init else "base"})
+            faults.reached("train.model_saved")
+        trainer.drop_checkpoints(d)  # only now: the final model is on disk
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
         return {**summary, "format": fmt, "init": init.step if init else "base", "metrics": metrics}
 
