@@ -164,3 +164,21 @@ def test_cli_generate_backend_ctranslate2(csqa_files, tmp_path):
     cands = [json.loads(x) for x in (run / "generate" / "candidates.jsonl").read_text().splitlines()]
     assert len(cands) == 75 and set(CANDIDATE_FIELDS) <= set(cands[0])
     assert len(list((out / "cache" / "ct2").glob("*/model.bin"))) == 1
+
+
+def test_sampler_matches_torch_warp_in_distribution(cache, tiny):
+    """ctranslate2 applies temperature -> top-k -> top-p (renormalised) like sert.generate.warp: 600 first
+    draws land on warp's support with warp's frequencies (seeded, so the check is deterministic)."""
+    from sert.generate import warp
+
+    model, tok = tiny
+    pids = tok(ITEMS[0][1])["input_ids"]
+    with torch.no_grad():
+        probs = warp(model(torch.tensor([pids])).logits[:, -1], 10, 0.5, 0.8)[0]
+    path, tok2, _, _ = ct2._open(TINY, cache, "float32")
+    s = spec(mode="raw", max_new_tokens=1, top_k=10, top_p=0.5, temperature=0.8)
+    rows, _, _ = ct2._sample_rows(ct2._generator(path, "float32", 0), tok2, pids, [None] * 600, s, tok.eos_token_id)
+    freq = torch.bincount(torch.tensor([r[0] for r in rows if r]), minlength=len(probs)).double() / 600
+    support = set(probs.nonzero().squeeze(1).tolist())
+    assert set(freq.nonzero().squeeze(1).tolist()) == support and 2 <= len(support) < 10
+    assert (freq - probs.double()).abs().max() < 0.07  # ~3.5 standard errors at 600 draws
