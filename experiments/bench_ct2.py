@@ -2,12 +2,15 @@
 
   accuracy: per-token log-prob error and greedy top-1 agreement of ct2 (each compute type) against torch
             fp32, teacher-forced over real CommonsenseQA text ("Question: q Answer: (X) text" of train rows)
+  ppl:      paths sampled once; their ppl under torch fp32 vs each ct2 compute type, and how often the
+            perplexity filter's ppl >= 5 decision flips
   speed:    generate_ct2 on N questions x 25 paths x 64 new tokens (the paper's 5 x 5 scheme), each compute
             type, plus the torch backend (generate_hf) on the same questions for reference
   teacher:  decode_ct2 zero-shot-CoT (chat template, greedy) on CSQA test questions with a local teacher
 
 Usage (from the repo root; conversions are cached under --cache):
   python experiments/bench_ct2.py accuracy --model smollm2-135m --rows 8 --compute int8,float32
+  python experiments/bench_ct2.py ppl --model smollm2-135m --questions 4 --max-new 64 --compute int8,float32
   python experiments/bench_ct2.py speed --model smollm2-135m --questions 4 --compute int8,float32 --torch
   python experiments/bench_ct2.py teacher --model ~/.cache/sert/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
       --cache ~/.cache/sert --questions 8 --batch 8 --max-new 256
@@ -71,6 +74,37 @@ def accuracy(args) -> None:
                           "seconds": round(time.perf_counter() - t0, 2), **env()}), flush=True)
 
 
+def ppl_flips(args) -> None:
+    """Paths sampled once (ct2 float32), then each path's ppl under torch fp32 and under each ct2 compute
+    type (teacher-forced, ``score_batch``): how far int8 moves ppl and how often the perplexity filter's
+    decision (ppl < 5 dropped, paper III-A) flips."""
+    from sert.generate import SamplingSpec
+
+    kwargs = {**model_spec(args.model), "device": "cpu", "dtype": "float32"}
+    model, tok = load_model(**kwargs)
+    items = [(r["qid"], f"Question: {r['question']} Answer:") for r in csqa("train", args.questions)]
+    res = ct2.generate_ct2(kwargs, items, SamplingSpec(max_new_tokens=args.max_new), 0, "float32", args.cache)
+    seqs = [(tok(p)["input_ids"], path["token_ids"]) for (_, p), paths in zip(items, res) for path in paths
+            if path["num_tokens"]]
+    with torch.no_grad():
+        ref = []
+        for pids, ids in seqs:
+            lp = model(torch.tensor([pids + ids])).logits[0].log_softmax(-1)
+            ref.append(float(-lp[len(pids) - 1:-1].gather(1, torch.tensor(ids)[:, None]).mean()))
+    ref = np.array(ref)
+    for ct in args.compute.split(","):
+        path, _, _, ct = ct2._open(kwargs, args.cache, ct)
+        gen = ct2._generator(path, ct, None)
+        scored = gen.score_batch([tok.convert_ids_to_tokens(p + i) for p, i in seqs], max_input_length=0)
+        got = np.array([-np.mean(list(s.log_probs)[len(p) - 1:]) for s, (p, _) in zip(scored, seqs)])
+        flips = int(((np.exp(ref) < 5) != (np.exp(got) < 5)).sum())
+        print(json.dumps({"bench": "ppl", "model": args.model, "compute_type": ct, "paths": len(seqs),
+                          "mean_abs_log_ppl_diff": float(np.abs(got - ref).mean()),
+                          "max_abs_log_ppl_diff": float(np.abs(got - ref).max()),
+                          "median_ppl_torch": float(np.median(np.exp(ref))), "median_ppl_ct2": float(np.median(np.exp(got))),
+                          "filter_flips_at_5": flips, "torch_below_5": int((np.exp(ref) < 5).sum()), **env()}), flush=True)
+
+
 def speed(args) -> None:
     from sert.generate import SamplingSpec, generate_hf
 
@@ -126,7 +160,7 @@ def teacher(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bench", choices=["accuracy", "speed", "teacher"])
+    ap.add_argument("bench", choices=["accuracy", "ppl", "speed", "teacher"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--cache", default=str(ROOT / "outputs" / "cache"))
     ap.add_argument("--compute", default="int8,float32")
@@ -136,7 +170,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--torch", action="store_true", help="speed: also time the torch backend")
     args = ap.parse_args()
-    {"accuracy": accuracy, "speed": speed, "teacher": teacher}[args.bench](args)
+    {"accuracy": accuracy, "ppl": ppl_flips, "speed": speed, "teacher": teacher}[args.bench](args)
 
 
 if __name__ == "__main__":

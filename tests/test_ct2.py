@@ -154,16 +154,23 @@ def test_decode_ct2_greedy_matches_engine(cache, tiny):
     assert part[0] is None and part[2] is None and part[1].text.startswith(got[1].text)
 
 
-def test_cli_generate_backend_ctranslate2(csqa_files, tmp_path):
+def test_cli_generate_backend_ctranslate2_killed_and_resumed(csqa_files, tmp_path):
+    """stage=generate through the CLI; a run SIGKILLed after its 2nd question resumes to the same file."""
     data, split = csqa_files
-    out = tmp_path / "out"
     common = ["stage=generate", "model=tiny", f"dataset.path={data}", f"dataset.split_file={split}",
-              "generation.max_new_tokens=8", "generation.backend=ctranslate2"]
-    run_cli(*common, "generation.ct2_compute_type=float32", out=out)  # the only CLI run: ~10 s unloaded
-    run = run_dirs(out)[-1]
-    cands = [json.loads(x) for x in (run / "generate" / "candidates.jsonl").read_text().splitlines()]
+              "generation.max_new_tokens=8", "generation.backend=ctranslate2", "generation.ct2_compute_type=float32"]
+    run_cli(*common, out=tmp_path / "a")
+    whole = (run_dirs(tmp_path / "a")[-1] / "generate" / "candidates.jsonl").read_text()
+    cands = [json.loads(x) for x in whole.splitlines()]
     assert len(cands) == 75 and set(CANDIDATE_FIELDS) <= set(cands[0])
-    assert len(list((out / "cache" / "ct2").glob("*/model.bin"))) == 1
+    assert len(list((tmp_path / "a" / "cache" / "ct2").glob("*/model.bin"))) == 1
+
+    p = run_cli(*common, out=tmp_path / "b", check=False, env={"SERT_KILL_AT": "ct2.question_saved:2"})
+    assert p.returncode == -9
+    partial = list((tmp_path / "b" / "cache" / "generate").glob("*/candidates.partial.jsonl"))
+    assert len(partial) == 1 and len(partial[0].read_text().splitlines()) == 50
+    run_cli(*common, out=tmp_path / "b")
+    assert (run_dirs(tmp_path / "b")[-1] / "generate" / "candidates.jsonl").read_text() == whole
 
 
 def test_sampler_matches_torch_warp_in_distribution(cache, tiny):

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from sert.artifacts import read_json, stable_hash, write_json
 from sert.engine import Decoded, DecodeStats, stop_cut
+from sert.faults import reached
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ def generate_ct2(model_kwargs: dict, items: list[tuple[str, str]], spec, seed: i
         results.append(paths)
         if on_batch:
             on_batch(i, [paths])
+        reached("ct2.question_saved")
         bar.update(spec.paths_per_question)
         bar.set_postfix(samples_s=f"{(bar.n - bar.initial) / (time.perf_counter() - t0):.1f}")
     bar.close()
