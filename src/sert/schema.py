@@ -90,7 +90,7 @@ class GenerationConfig:
     stop: List[str] = field(default_factory=lambda: ["Question:"])
     batch_size: int = 8  # questions per batch (x first_k*samples_per_token rows); not in the cache key
     backend: GenerationBackend = GenerationBackend.hf
-    ct2_compute_type: str = "int8"  # backend=ctranslate2 only: int8 | float32 | bfloat16 (CPU must support it)
+    ct2_compute_type: str = "float32"  # backend=ctranslate2 only: float32 | int8 | bfloat16 (CPU must support it)
 
 
 @dataclass
