@@ -289,6 +289,8 @@ def run(ctx):
     by_qid = {r.qid: r for r in ds.records}
     material = {"model": ctx.model_identity(), "sampling": {**asdict(spec), "stop": list(spec.stop)},
                 "backend": backend, "seed": ctx.cfg.seed, "prompt": prompts.generate}
+    if backend == "ctranslate2":
+        material["ct2_compute_type"] = g.ct2_compute_type
 
     def rows_of(qid: str, paths: list[dict]) -> list[dict]:
         rec = by_qid[qid]
@@ -308,6 +310,13 @@ def run(ctx):
         if backend == "vllm":
             results = generate_vllm(ctx.model_kwargs(), items, spec, ctx.cfg.seed)
             rows = [row for (q, _), paths in zip(items, results) for row in rows_of(q, paths)]
+        elif backend == "ctranslate2":  # sert.ct2: one question per batch, seeded per question
+            from sert.ct2 import generate_ct2
+
+            results = generate_ct2(ctx.model_kwargs(), items, spec, ctx.cfg.seed, g.ct2_compute_type,
+                                   ctx.cfg.paths.cache_dir, start=start, on_batch=lambda i, ps: [
+                                       append_jsonl(partial, row) for row in rows_of(items[i][0], ps[0])])
+            rows = done_rows + [row for (q, _), paths in zip(items[start:], results) for row in rows_of(q, paths)]
         else:
             from sert.models import load_model
 

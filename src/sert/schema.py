@@ -75,6 +75,7 @@ class GenerationMode(str, Enum):
 class GenerationBackend(str, Enum):
     hf = "hf"  # batched KV-cache sampler over a transformers model (sert.generate.sample_batch)
     vllm = "vllm"  # optional extra for GPU machines
+    ctranslate2 = "ctranslate2"  # optional extra sert[ct2]: CPU int8/fp32 kernels (sert.ct2.generate_ct2)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class GenerationConfig:
     stop: List[str] = field(default_factory=lambda: ["Question:"])
     batch_size: int = 8  # questions per batch (x first_k*samples_per_token rows); not in the cache key
     backend: GenerationBackend = GenerationBackend.hf
+    ct2_compute_type: str = "float32"  # backend=ctranslate2 only: float32 | int8 | bfloat16 (CPU must support it)
 
 
 @dataclass
