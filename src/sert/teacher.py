@@ -173,6 +173,8 @@ class LocalTeacher:
     def context(self) -> int | None:
         if self.t["backend"] == "torch":
             return context_length(self._load()[0])
+        if self.spec.get("random_init"):
+            return self.spec["random_init"].get("n_positions")
         try:
             from transformers import AutoConfig
 
