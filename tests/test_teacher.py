@@ -403,3 +403,15 @@ def test_cli_llamacpp_preset_against_a_one_at_a_time_server(tmp_path, csqa_files
     s = last_run(out)["steps"][0]["summary"]
     assert (s["kept"], s["failed"], s["est_cost_usd"]) == (2, 0, 0.0)
     assert_key_nowhere(out)
+
+
+def test_local_rerun_with_everything_cached_loads_no_model(tmp_path):
+    from sert.prompts import Prompts
+    from sert.teacher import collect_local
+
+    first = local_teacher(tmp_path, max_tokens=3, answer_max_tokens=2)
+    rows = collect_local(first, [CSQA, SQA], Prompts(), first.t)
+    assert first._model is not None and first.stats.prompts == 4
+    again = local_teacher(tmp_path, max_tokens=3, answer_max_tokens=2)
+    assert collect_local(again, [CSQA, SQA], Prompts(), again.t) == rows
+    assert again._model is None and again.counts == {"requests": 4, "cache_hits": 4}

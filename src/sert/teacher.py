@@ -153,11 +153,9 @@ class LocalTeacher:
 
     # -- model / tokenizer, loaded only when needed -------------------------------------------------
     def tokenizer(self):
+        """The model's tokenizer, without loading the model (prompts are rendered before any decoding)."""
         if self._tok is None:
-            if self.t["backend"] == "torch":
-                self._load()
-            else:
-                self._tok = _load_tokenizer(self.spec)
+            self._tok = _load_tokenizer(self.spec)
         return self._tok
 
     def _load(self):
