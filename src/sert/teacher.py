@@ -466,7 +466,7 @@ def run(ctx: Context) -> StepOutput:
         (out.dir / COMPLETE).unlink()
         out = ctx.cached("teacher", material, [ds], build)
     s = out.summary
-    speed = s.get("this_run", {})
+    speed = s.get("this_run", {}) if not out.cached else {}
     extra = f", {speed['new_tokens']} new tokens at {speed['tok_s']} tok/s" if speed.get("new_tokens") else ""
     print(f"teacher: {s['kept']} rows kept of {s['samples']} samples ({s['questions']} questions, "
           f"teacher acc {s['metrics']['teacher/acc']:.3f}, {s.get('failed', 0)} failed{extra}) -> {out.path('teacher.jsonl')}")
