@@ -415,3 +415,16 @@ def test_local_rerun_with_everything_cached_loads_no_model(tmp_path):
     again = local_teacher(tmp_path, max_tokens=3, answer_max_tokens=2)
     assert collect_local(again, [CSQA, SQA], Prompts(), again.t) == rows
     assert again._model is None and again.counts == {"requests": 4, "cache_hits": 4}
+
+
+def test_cli_answer_step_in_batch_mode_is_a_second_batch(tmp_path, csqa_files):
+    out = tmp_path / "out"
+    with FakeOpenAI(two_step_reply, api_key=KEY) as srv:
+        run_cli(*teacher_args(csqa_files, srv, "teacher.mode=batch", "teacher.poll_interval=0.05",
+                              "teacher.answer_prompt='\nTherefore, the answer is'"), out=out, env=ENV)
+        assert srv.paths["/v1/batches"] == 2 and srv.paths["/v1/completions"] == 0
+    step = last_run(out)["steps"][0]
+    entry = Path(step["dir"])
+    assert (entry / "batch-batch_1.json").exists() and (entry / "answer" / "batch-batch_2.json").exists()
+    rows = read_jsonl(entry / "teacher.jsonl")
+    assert [(r["qid"], r["teacher_answer"]) for r in rows] == [("csqa-0", "B"), ("csqa-2", "A")]
