@@ -5,7 +5,10 @@ Replies come from ``reply(prompt) -> str``; faults are scripted per prompt subst
 the next calls of any prompt (``next_faults``): ``"429"`` (with ``Retry-After``), ``"500"``, ``"slow"``
 (sleeps past the client's timeout), ``"malformed"`` (invalid JSON body). ``calls`` counts requests
 received per prompt, ``served`` the successful replies; ``on_request(prompt)`` runs before each reply
-and drops the request unanswered when it returns True (a test uses it to SIGKILL a client mid-run). Also usable standalone: ``python tests/fake_openai_server.py``.
+and drops the request unanswered when it returns True (a test uses it to SIGKILL a client mid-run).
+``serial_seconds=S`` mimics llama.cpp's server: completions are answered one at a time, S seconds each,
+the others wait in its queue (``max_in_flight`` records the most requests the server held at once).
+Also usable standalone: ``python tests/fake_openai_server.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def default_reply(prompt: str) -> str:
 
 class FakeOpenAI:
     def __init__(self, reply: Callable[[str], str] = default_reply, *, api_key: str | None = None,
-                 retry_after: str = "1", slow_seconds: float = 3.0, batch_polls: int = 2):
+                 retry_after: str = "1", slow_seconds: float = 3.0, batch_polls: int = 2,
+                 serial_seconds: float | None = None):
         self.reply, self.api_key = reply, api_key
         self.retry_after, self.slow_seconds, self.batch_polls = retry_after, slow_seconds, batch_polls
         self.faults: dict[str, list[str]] = {}  # prompt substring -> faults for its next calls, in order
@@ -39,6 +43,8 @@ class FakeOpenAI:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.lock = threading.Lock()
+        self.serial_seconds, self.serial_lock = serial_seconds, threading.Lock()
+        self.in_flight = self.max_in_flight = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -195,9 +201,25 @@ class FakeOpenAI:
                     return self._send(200, server.completion_body(api, body))
                 if fault == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [ {"text": "trunc')
+                if server.serial_seconds is not None:
+                    return self._serve_serially(prompt, api, body)
                 with server.lock:
                     server.served[prompt] += 1
                 self._send(200, server.completion_body(api, body))
+
+            def _serve_serially(self, prompt: str, api: str, body: dict) -> None:
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    with server.serial_lock:  # one generation at a time; the rest wait here, as in a queue
+                        time.sleep(server.serial_seconds)
+                        with server.lock:
+                            server.served[prompt] += 1
+                        self._send(200, server.completion_body(api, body))
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
 
             def _upload(self, raw: bytes) -> None:
                 msg = email.parser.BytesParser().parsebytes(

@@ -172,3 +172,18 @@ def test_connection_error_is_retried_then_counted(tmp_path, monkeypatch):
                   max_retries=2, backoff_base=0.01, backoff_max=0.02, progress=False)
     [res] = c.run(reqs("p"))
     assert res.error == "connection" and res.attempts == 3 and c.stats.api_calls == 3 and c.stats.failed == 1
+
+
+def test_one_at_a_time_server_times_out_queued_requests_unless_concurrency_1(tmp_path, monkeypatch):
+    """llama.cpp answers one request at a time: concurrent requests wait in its queue and the timeout
+    (counted from when a request is sent) expires for the ones at the back; concurrency 1 (the
+    teacher=llamacpp preset) keeps nothing queued, so the same timeout suffices."""
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    prompts = [f"p{i}" for i in range(6)]
+    with FakeOpenAI(api_key=KEY, serial_seconds=0.3) as srv:  # request k waits >= 0.3 * k s
+        res = client(srv, tmp_path / "a.jsonl", concurrency=6, timeout=1.0, max_retries=0).run(reqs(*prompts))
+        failed = [r for r in res if not r.ok]
+        assert len(failed) >= 2 and {r.error for r in failed} == {"timeout"} and srv.max_in_flight >= 4
+    with FakeOpenAI(api_key=KEY, serial_seconds=0.3) as srv:
+        res = client(srv, tmp_path / "b.jsonl", concurrency=1, timeout=1.0, max_retries=0).run(reqs(*prompts))
+        assert all(r.ok for r in res) and srv.max_in_flight == 1 and srv.total_calls == 6

@@ -203,7 +203,8 @@ class LLMClient:
                 if self.base_url is None:
                     raise FatalAPIError(f"no API key: set the environment variable {self.api_key_env} "
                                         "(or point base_url at a local server that needs none)")
-                log.warning("env var %s is not set: calling %s without a key", self.api_key_env, self.base_url)
+                if self.api_key_env:
+                    log.warning("env var %s is not set: calling %s without a key", self.api_key_env, self.base_url)
                 key = "EMPTY"
             self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
         return self._client

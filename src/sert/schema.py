@@ -242,8 +242,20 @@ class TeacherConfig(ApiConfig):
     name: str = "openai"
     n: int = 1  # samples per question
     keep: str = "correct"  # correct | all
-    input: Optional[str] = None  # JSONL {qid or question, completion}: ingest instead of calling the API
+    input: Optional[str] = None  # JSONL {qid|question, reasoning|completion} or a reasoning-teacher completion JSON
     retry_failed: bool = True  # a rerun of a finished step with failed calls retries only those
+    # zero-shot-CoT step 2 (answer extraction) appended after the reasoning; null = one step (answer parsed from R)
+    answer_prompt: Optional[str] = None
+    answer_max_tokens: int = 16  # new tokens of the answer step
+    # local teacher (teacher=local): `model` is a model config name, a local dir / .gguf file, or a hub id
+    backend: str = "api"  # api (OpenAI-compatible endpoint) | torch | ctranslate2
+    batch_size: int = 8  # prompts per decoding batch (local backends)
+    dtype: str = "auto"  # torch: auto = bfloat16 where the hardware is fast at it, else float32
+    compute_type: str = "int8"  # ctranslate2: int8 | int8_float32 | float32 | ...
+    device: str = "auto"  # torch device
+    top_k: int = 0  # local sampling (0 = off)
+    chat_template: bool = True  # wrap the prompt in the model's chat template when it has one
+    chat_prefill: Optional[str] = "Let's think step by step."  # prompt text from here on opens the assistant turn
 
 
 @dataclass
