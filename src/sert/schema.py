@@ -196,6 +196,7 @@ class EvaluateConfig:
     label_only_max_new_tokens: int = 32
     batch_size: int = 16
     greedy: bool = True
+    dtype: DType = DType.auto  # compute dtype; auto = bfloat16 only where the hardware is fast at it (sert.hardware)
     fmt_rep_n: int = 3
     fmt_max_rep: float = 0.3
 
