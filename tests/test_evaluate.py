@@ -133,6 +133,8 @@ def test_cli_evaluate_tiny_with_default_max_new_tokens_clamps_and_finishes(tmp_p
     step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
     dec = step["summary"]["decoding"]
     assert dec["clamped"] == 2 and dec["truncated_prompts"] == 0 and dec["prompts"] == 2
-    assert 400 < dec["min_new_tokens_allowed"] < 512 and step["summary"]["dtype"] == "float32"
+    from sert.hardware import resolve_dtype
+
+    assert 400 < dec["min_new_tokens_allowed"] < 512 and step["summary"]["dtype"] == resolve_dtype("auto", "cpu")
     preds = read_jsonl(Path(step["dir"]) / "predictions.jsonl")
     assert len(preds) == 2 and all(p["output"] for p in preds)

@@ -201,6 +201,9 @@ def test_cli_judge_local_tiny_counts_gibberish_unparsable(tmp_path):
     assert all(isinstance(r["reply"], str) and r["reply"] for r in rows)
     backend = step["summary"]["backend"]
     assert backend["generated"] == 8 and backend["decoding"]["prompts"] == 8  # 4 first tries + 4 retries
+    from sert.hardware import resolve_dtype
+
+    assert backend["precision"] == resolve_dtype("auto", "cpu")  # judge.dtype=auto, resolved for this machine
     m = read_json(Path(step["dir"]) / "judge_metrics.json")
     assert m["mean"]["overall"] is None and m["scored"] == 0
     proc = run_cli(*args, "judge.limit=3", out=out)  # new step config: every reply from the response log
@@ -359,6 +362,7 @@ def test_local_judge_free_and_prefill_replies(tmp_path, monkeypatch):
 
 
 def test_local_judge_chat_template_knob_model_reference_and_bad_settings(tmp_path):
+    from sert.hardware import resolve_dtype
     from sert.models import byte_tokenizer
 
     tok = byte_tokenizer()
@@ -370,7 +374,7 @@ def test_local_judge_chat_template_knob_model_reference_and_bad_settings(tmp_pat
     assert auto._wrap(tok, "P") == "<u>P</u><a>"
     assert local_judge(tmp_path, chat_template="false")._wrap(tok, "P") == "P\n"
     named = local_judge(tmp_path, model="tiny")  # a conf/model name, resolved by sert.models.model_spec
-    assert named.model_kwargs["random_init"]["n_layer"] == 2 and named.precision == "float32"
+    assert named.model_kwargs["random_init"]["n_layer"] == 2 and named.model_kwargs["dtype"] == resolve_dtype("auto", "cpu")
     assert named.identity()["model"] == {k: v for k, v in named.model_kwargs.items() if k not in ("device", "dtype")}
     for bad, match in [({"reply_format": "json"}, "reply_format"), ({"chat_template": "maybe"}, "chat_template"),
                        ({"backend": "vllm"}, "backend"), ({"dtype": "int3"}, "unknown dtype")]:

@@ -257,7 +257,8 @@ class LocalJudge:
         return self._decoder
 
     def stats(self) -> dict:
-        return {**self.counts, "decoding": self.decoding.as_dict()}
+        return {**self.counts, "engine": self.cfg["backend"], "precision": self.precision,
+                "decoding": self.decoding.as_dict()}
 
 
 class LocalDecoder:
