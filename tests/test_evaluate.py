@@ -138,3 +138,13 @@ def test_cli_evaluate_tiny_with_default_max_new_tokens_clamps_and_finishes(tmp_p
     assert 400 < dec["min_new_tokens_allowed"] < 512 and step["summary"]["dtype"] == resolve_dtype("auto", "cpu")
     preds = read_jsonl(Path(step["dir"]) / "predictions.jsonl")
     assert len(preds) == 2 and all(p["output"] for p in preds)
+
+
+def test_dtype_is_resolved_before_it_enters_the_cache_key(tmp_path, sqa_jsonl):
+    from sert.hardware import resolve_dtype
+
+    fp32 = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.dtype=float32"))
+    bf16 = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.dtype=bfloat16"))
+    auto = evaluate.run(ctx_for(tmp_path, sqa_jsonl))  # auto: float32 here unless the CPU is fast at bf16
+    assert (fp32.summary["dtype"], bf16.summary["dtype"]) == ("float32", "bfloat16") and fp32.key != bf16.key
+    assert auto.cached and auto.key == {"float32": fp32.key, "bfloat16": bf16.key}[resolve_dtype("auto", "cpu")]
