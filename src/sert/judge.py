@@ -35,9 +35,9 @@ from hydra.utils import get_class
 
 from sert import faults
 from sert.artifacts import file_hash, read_jsonl, stable_hash, write_json, write_jsonl
+from sert.engine import Decoded, DecodeStats, decode
 from sert.llm_client import (LLMClient, Request, ResponseCache, client_from_config, estimate_cost, make_request,
                              sampling_params)
-from sert.engine import Decoded, DecodeStats, decode
 from sert.pipeline import Context, StepOutput, _plain
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class OpenAIJudge:
         return st
 
 
-SCORE_LINES = tuple(f"- Score for {name}:" for name in ("Coherence", "Relevance", "Logical Consistency", "Completeness"))
+SCORE_LINES = tuple(f"- Score for {name}:"
+                    for name in ("Coherence", "Relevance", "Logical Consistency", "Completeness"))  # Table I
 REPLY_FORMATS = ("free", "prefill", "stepwise")
 
 
@@ -228,8 +229,9 @@ class LocalJudge:
         if fmt == "stepwise":
             replies = [""] * len(prompts)
             for line in SCORE_LINES:
-                outs = decoder.decode([t + r + line for t, r in zip(texts, replies)], max_new_tokens=self.cfg["score_tokens"],
-                                      stop=["\n"], min_new_tokens=self.cfg["score_tokens"], **sampling)
+                outs = decoder.decode([t + r + line for t, r in zip(texts, replies)], stop=["\n"],
+                                      max_new_tokens=self.cfg["score_tokens"], min_new_tokens=self.cfg["score_tokens"],
+                                      **sampling)
                 replies = [r + line + o.text.split("\n")[0] + "\n" for r, o in zip(replies, outs)]
             return [r.rstrip("\n") for r in replies]
         prefix = SCORE_LINES[0] if fmt == "prefill" else ""
