@@ -98,3 +98,55 @@ def test_stage_data_cli_writes_split_manifest_and_reuses_cache(tmp_path, csqa_fi
     assert manifest["config"]["dataset"]["path"] == str(data)
     rows = read_jsonl(runs[-1] / "data" / "train.jsonl")
     assert [r["answer"] for r in rows] == ["B", "C", "A"]
+
+
+def test_read_json_names_the_file(tmp_path):
+    from sert.artifacts import read_json
+
+    path = tmp_path / "COMPLETE.json"
+    path.write_text('{"step": "x",\n "key": ')
+    with pytest.raises(ValueError, match=rf"^{path}:2:9: not valid JSON .* truncated"):
+        read_json(path)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    """Cache files used to be 0600 (mkstemp) whatever the umask: a shared cache_dir was unreadable."""
+    from sert.artifacts import write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        write_jsonl(tmp_path / "b.jsonl", [{"x": 1}])
+    finally:
+        os.umask(old)
+    assert {oct(os.stat(tmp_path / n).st_mode & 0o777) for n in ("a.json", "b.jsonl")} == {oct(mode)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.jsonl"]  # no temp file left
+
+
+def test_resuming_is_logged_only_when_there_is_something_to_resume(tmp_path, caplog):
+    (tmp_path / "run").mkdir()
+    ctx = _context(tmp_path)
+    entry = ctx.store.entry("step", "k")
+
+    def build(d):
+        return {}
+
+    import logging
+
+    from sert.artifacts import stable_hash as h
+
+    key = h({"step": "step", "material": {"k": 1}, "inputs": []})
+    empty = ctx.store.entry("step", key).dir
+    (empty / ".candidates.jsonl.abc.tmp").parent.mkdir(parents=True)
+    (empty / ".candidates.jsonl.abc.tmp").write_text("half")  # only a torn temp file: nothing to resume
+    with caplog.at_level(logging.INFO, logger="sert.pipeline"):
+        ctx.cached("step", {"k": 1}, [], build)
+        key2 = h({"step": "step", "material": {"k": 2}, "inputs": []})
+        (ctx.store.entry("step", key2).dir / "checkpoints").mkdir(parents=True)
+        (ctx.store.entry("step", key2).dir / "checkpoints" / "state.pt").write_text("x")
+        ctx.cached("step", {"k": 2}, [], build)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "sert.pipeline"]
+    assert msgs == [f"[step] computing into {empty}",
+                    f"[step] resuming in {ctx.store.entry('step', key2).dir} (1 files from an interrupted run)"]
+    assert entry.partial_files() == []

@@ -71,3 +71,36 @@ def test_malformed_row_fails_run_when_asked(tmp_path):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.path"):
         load_records(path=str(tmp_path / "nope.json"), split="train")
+
+
+# ----------------------------------------------------------------------------- nonsense is refused by name
+@pytest.mark.parametrize("limit", [0, -1])
+def test_nonpositive_limit_is_refused_up_front(csqa_files, limit):
+    """limit=0 used to report "no usable records" and limit=-1 silently dropped the last row."""
+    from conftest import compose
+
+    from sert.cli import check_config
+
+    data, split = csqa_files
+    with pytest.raises(ValueError, match=rf"dataset.limit must be a positive integer .* got {limit}"):
+        check_config(compose(f"dataset.limit={limit}"))
+    with pytest.raises(ValueError, match=rf"evaluate.limit must be a positive integer .* got {limit}"):
+        check_config(compose(f"evaluate.limit={limit}"))
+    with pytest.raises(ValueError, match=rf"limit must be a positive integer .* got {limit}"):
+        load_records(path=str(data), split="train", split_file=str(split), limit=limit)
+    check_config(compose("dataset.limit=1", "evaluate.limit=null"))  # valid values pass
+
+
+def test_truncated_json_names_file_and_position(tmp_path, csqa_files):
+    data, split = csqa_files
+    cut = tmp_path / "cut.json"
+    cut.write_text(data.read_text()[:150])
+    msg = rf"^{cut}:1:143: not valid JSON \(Unterminated string starting at\) — the file looks truncated$"
+    with pytest.raises(DataError, match=msg):
+        load_records(path=str(cut), split="train", split_file=str(split))
+    bad_split = tmp_path / "bad.split.json"
+    bad_split.write_text('{"train": [0, 1,\n "test": [3]}')
+    with pytest.raises(DataError, match=rf"^{bad_split}:2:8: not valid JSON \(Expecting ',' delimiter\)$"):
+        load_records(path=str(data), split="train", split_file=str(bad_split))
+    with pytest.raises(FileNotFoundError, match="dataset.split_file: no such file"):
+        load_records(path=str(data), split="train", split_file=str(tmp_path / "none.json"))

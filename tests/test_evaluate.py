@@ -41,12 +41,13 @@ def test_score_reasoning_outputs_hand_computed():
     # rep: output 1 "Milk spoils. So the answer is (B) fridge." (41 bytes, 22 distinct), output 2 "aaaa" -> 0.75
     text = "Milk spoils. So the answer is (B) fridge."
     rep1 = 1 - len(set(text)) / len(text)
-    assert m == {"acc": 0.5, "fmt": 0.5, "len": 8.0, "rep": round((rep1 + 0.75) / 2, 4), "n": 2}
+    assert m == {"acc": 0.5, "fmt": 0.5, "len": 8.0, "rep": round((rep1 + 0.75) / 2, 4), "n": 2,
+                 "acc_lenient": 0.5, "fmt_prefix": 0.5}
 
 
 def test_score_label_only_reports_accuracy_only():
     rows, m = score([REC, SQA], [" (B) fridge", " No"], byte_tokenizer(), "label_only")
-    assert m == {"acc": 0.5, "fmt": None, "len": None, "rep": None, "n": 2}
+    assert m == {"acc": 0.5, "fmt": None, "len": None, "rep": None, "n": 2, "acc_lenient": 0.5}
     assert rows[0]["format_ok"] is None and rows[0]["reasoning"] is None
 
 
@@ -77,7 +78,7 @@ def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
     preds = read_jsonl(Path(ev["dir"]) / "predictions.jsonl")
     assert len(preds) == 3 and preds[0]["question"].startswith("Can a fish")
     metrics = read_json(Path(ev["dir"]) / "metrics.json")
-    assert set(metrics) == {"acc", "fmt", "len", "rep", "n"} and metrics["n"] == 3
+    assert set(metrics) == {"acc", "fmt", "len", "rep", "n", "acc_lenient", "fmt_prefix"} and metrics["n"] == 3
     assert ev["summary"]["metrics"] == metrics
 
 

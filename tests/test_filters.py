@@ -162,3 +162,89 @@ def test_read_candidates_errors(tmp_path):
     bad.write_text(json.dumps({"qid": "q", "text": "t"}) + "\n")
     with pytest.raises(ValueError, match="missing fields"):
         read_candidates(bad)
+
+
+def test_no_paths_message_shows_funnel_and_knob():
+    from sert.filters import explain_no_paths
+
+    rows = [cand(text="Question: x", n=40), cand(text="long enough reasoning here, honestly", n=5),
+            cand(qid="q2", text="more reasoning that is fine but short", n=9)]
+    _, _, stats = apply_chain(rows, [("pattern", PatternFilter()), ("length", LengthFilter(25))], Selector())
+    msg = explain_no_paths(stats, compose("filter.length.min_tokens=25").filter)
+    assert msg.startswith("the filter chain kept 0 of 3 candidate paths (2 questions): "
+                          "pattern dropped 1 (2 left), length dropped 2 (0 left); length left nothing: "
+                          "lower filter.length.min_tokens (now 25)")
+    assert "\n" not in msg
+
+
+def test_self_train_with_no_surviving_path_stops_with_the_funnel(tmp_path):
+    """stage=self_train over candidates that the length filter all drops: one line, no traceback, and the
+    job's run.json says failed in the self_train step."""
+    from conftest import run_cli, run_dirs
+
+    path = tmp_path / "cands.jsonl"
+    path.write_text("".join(json.dumps(cand(qid=f"q{i}", text="a short but real reasoning path", n=7)) + "\n"
+                            for i in range(3)))
+    out = tmp_path / "out"
+    proc = run_cli("stage=self_train", "model=tiny", "logger=none", f"filter.input={path}", out=out, check=False,
+                   env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert ("[self_train] NoPathsError: the filter chain kept 0 of 3 candidate paths (3 questions): "
+            "pattern dropped 0 (3 left), length dropped 3 (0 left), rep2 dropped 0 (0 left), perplexity dropped 0 "
+            "(0 left); length left nothing: lower filter.length.min_tokens (now 25)") in proc.stderr
+    (run,) = run_dirs(out)
+    m = json.loads((run / "run.json").read_text())
+    assert m["status"] == "failed" and m["error"]["step"] == "self_train" and m["error"]["type"] == "NoPathsError"
+    assert [s["step"] for s in m["steps"]] == ["filter"]  # the filter step itself finished (and is cached)
+
+
+def test_add_token_ids_fills_missing_tokens_only():
+    from sert.filters import add_token_ids
+    from sert.models import byte_tokenizer
+
+    tok = byte_tokenizer()  # one token per byte: "héllo" is 6 tokens
+    rows = [{"qid": "a", "text": "héllo", "ppl": 9.0}, {"qid": "b", "text": "x", "token_ids": [1, 2], "ppl": 9.0}]
+    assert add_token_ids(rows, tok) == 1
+    assert rows[0]["num_tokens"] == 6 and len(rows[0]["token_ids"]) == 6
+    assert rows[1]["token_ids"] == [1, 2] and rows[1]["num_tokens"] == 2
+
+
+def test_filter_input_without_token_ids_is_tokenized_with_the_model_tokenizer(tmp_path):
+    """stage=filter filter.input=FILE whose rows carry text but no token_ids/num_tokens: the tiny model's
+    (byte-level) tokenizer counts the tokens, so length and rep-2 work on them."""
+    from conftest import run_cli, run_dirs
+
+    long_text = "the milk goes in the fridge because cold slows bacteria down"  # 60 bytes = 60 tokens
+    rows = [{"qid": "q1", "question": Q, "answer": "B", "text": long_text, "ppl": 9.0},
+            {"qid": "q2", "question": Q, "answer": "B", "text": "it is cold there, I think", "ppl": 9.0}]  # 25 bytes
+    path = tmp_path / "cands.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run_cli("stage=filter", "model=tiny", "logger=none", f"filter.input={path}", "filter.length.min_tokens=26",
+            "filter.rep2.max_rate=0.5", out=out)
+    (run,) = run_dirs(out)
+    selected = [json.loads(line) for line in (run / "filter" / "selected.jsonl").read_text().splitlines()]
+    assert [(r["qid"], r["num_tokens"], len(r["token_ids"])) for r in selected] == [("q1", 60, 60)]
+    rejected = [json.loads(line) for line in (run / "filter" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["qid"], r["reason"]) for r in rejected] == [("q2", "length: 25 < 26 tokens")]
+
+def test_selector_random_strategy_is_seeded_per_question():
+    rows = [cand(qid=f"q{q}", ids=[q, s, 1, 2, 1, 2], rank=s % 5, sample=s) for q in range(6) for s in range(25)]
+    a = {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(rows)}
+    assert a == {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(list(reversed(rows)))}
+    # a question's draw does not depend on the other questions present
+    assert {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=1).select(rows[:25])} == {"q0": a["q0"]}
+    b = {r["qid"]: r["sample"] for r in Selector(strategy="random", seed=2).select(rows)}
+    assert a != b  # another seed, other draws (6 questions x 25 candidates: equal by chance with p = 25^-6)
+    lowest = {r["qid"]: r["sample"] for r in Selector().select(rows)}
+    assert set(lowest.values()) == {0}  # every path ties on rep-2 here: lowest_rep2 takes rank 0 / sample 0
+    assert set(a.values()) != {0}
+    with pytest.raises(ValueError, match="strategy"):
+        Selector(strategy="best")
+
+
+def test_raw_preset_uses_the_random_selector():
+    cfg = compose("filter=raw", "seed=7")
+    sel = instantiate(cfg.filter.selector)
+    assert (sel.strategy, sel.seed) == ("random", 7)
+    assert instantiate(compose("filter=full").filter.selector).strategy == "lowest_rep2"

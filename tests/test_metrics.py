@@ -121,3 +121,58 @@ def test_compute_metrics_hand_computed():
 def test_label_only_reports_accuracy_only():
     m = compute_metrics([True, True, False, True])
     assert m == {"acc": 0.75, "fmt": None, "len": None, "rep": None, "n": 4}
+
+
+# ----------------------------------------------------------------------------- lenient Acc, prefix Fmt
+@pytest.mark.parametrize("output,choices,expected", [
+    # strict extraction works: lenient is the same
+    (" People live in towns. So the answer is (B) populated areas.", CSQA, "B"),
+    # no answer sentence: the LAST candidate in the output ((A) label first, then option text "apartment")
+    (" Not (A), he likes the apartment", CSQA, "D"),
+    # a bare label standing alone at the end
+    (" People are in cities, so B.", CSQA, "B"),
+    # the article "A" is not a candidate; "the desert" is
+    (" A man went to the desert", CSQA, "C"),
+    # marker present but unparsable tail: fall back to the last candidate anywhere
+    (" Crowds are in populated areas. So the answer is somewhere.", CSQA, "B"),
+    (" Maybe yes, or maybe no", (), "No"),
+    (" It is true that fish swim", (), "Yes"),
+    (" the the the", CSQA, None),
+    (" nothing here", (), None),
+])
+def test_extract_answer_lenient(output, choices, expected):
+    from sert.metrics import extract_answer_lenient
+    assert extract_answer_lenient(output, choices) == expected
+
+
+def test_answer_candidates_in_order():
+    from sert.metrics import answer_candidates
+    # (A) label at 5, "apartment" (D) later, bare "E" at the end; "A race" (article) skipped
+    assert answer_candidates(" Not (A). A race track, an apartment or E", CSQA) == ["A", "A", "D", "E"]
+    assert answer_candidates("yes no TRUE", ()) == ["Yes", "No", "Yes"]
+
+
+@pytest.mark.parametrize("output,expected", [
+    (" People live in towns. So the answer is (B) populated areas.", True),
+    # trailing imitation / continuation after the answer sentence is allowed (strict Fmt fails these)
+    (" People live in towns. So the answer is (B). Question: Where do birds live? Answer: (A)", True),
+    (" People live in towns. So the answer is (B) populated areas. towns towns towns towns towns", True),
+    # no reasoning before the answer sentence
+    (" So the answer is (B).", False),
+    # unparsable answer
+    (" People live in towns. So the answer is somewhere.", False),
+    # loose marker only
+    (" People live in towns. The answer is (B).", False),
+    # imitation inside the prefix
+    (" Question: where? So the answer is (B).", False),
+])
+def test_is_prefix_formatted(output, expected):
+    from sert.metrics import is_prefix_formatted
+    assert is_prefix_formatted(output, CSQA) is expected
+
+
+def test_compute_metrics_lenient_and_prefix_are_added_only_when_given():
+    m = compute_metrics([True, False], [True, False], [10, 20], [[1], [2]], correct_lenient=[True, True],
+                        format_prefix=[True, False])
+    assert m["acc"] == 0.5 and m["acc_lenient"] == 1.0 and m["fmt"] == 0.5 and m["fmt_prefix"] == 0.5
+    assert "acc_lenient" not in compute_metrics([True])

@@ -148,3 +148,27 @@ def test_multirun_over_datasets_one_sweep_dir(tmp_path: Path, csqa_files, sqa_js
             for r in runs}
     assert recs["commonsense_qa"]["steps"][0]["summary"]["records"] == 4
     assert recs["strategy_qa"]["steps"][0]["summary"]["records"] == 4
+
+
+def test_failed_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path, sqa_jsonl):
+    """One cell of a real multirun fails (its dataset file is missing): the next job still runs, the failed
+    job's run.json says failed (error, step, overrides), its log has the traceback, the console one line,
+    and the process exits 1 at the end."""
+    out, missing = tmp_path / "out", tmp_path / "missing.jsonl"
+    proc = run_cli("-m", "stage=data", "model=tiny", "logger=none", f"dataset.path={missing},{sqa_jsonl}",
+                   out=out, check=False, env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in (out / "multiruns").rglob("run.json"))
+    assert len(runs) == 2
+    failed, ok = (json.loads((r / "run.json").read_text()) for r in runs)  # job 0 (missing file), job 1
+    assert failed["status"] == "failed" and failed["finished"] and failed["started"]
+    assert failed["error"]["type"] == "FileNotFoundError" and failed["error"]["step"] == "data"
+    assert str(missing) in failed["error"]["message"]
+    assert f"dataset.path={missing}" in failed["overrides"] and "model=tiny" in failed["overrides"]
+    assert ok["status"] == "ok" and ok["error"] is None and ok["steps"][0]["summary"]["records"] == 4
+    log_text = next(runs[0].glob("*.log")).read_text()
+    assert "Traceback (most recent call last)" in log_text and "FileNotFoundError" in log_text
+    console = proc.stdout + proc.stderr
+    assert "Traceback" not in console
+    assert f"[data] FileNotFoundError: dataset.path: no such file {missing}" in proc.stderr
+    assert "1 sweep job(s) failed" in proc.stderr and str(runs[0]) in proc.stderr

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 from sert.pipeline import StepOutput
-from sert.tracking import read_offline_run, resolve_mode, run_name, run_tags, step_metrics
+from sert.tracking import resolve_mode, run_name, run_tags, step_metrics
+from wandb_offline import read_offline_run
 
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 

@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path`` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # not mkstemp: its files are 0600, which makes a shared cache unreadable to the group/others.
+    # O_EXCL + mode 0666 lets the umask decide (0644 under umask 022), like any other file the run writes.
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits collided
+            continue
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -48,7 +55,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a JSON file; invalid JSON raises ``ValueError`` naming the file, line and column."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(json_error(path, e)) from None
+
+
+def json_error(path: str | os.PathLike, e: json.JSONDecodeError) -> str:
+    """``file:line:column: not valid JSON (reason)``; a file cut short says so."""
+    at_end = e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string")  # ran off the end
+    cut = " — the file looks truncated" if at_end else ""
+    return f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}){cut}"
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
@@ -120,6 +139,12 @@ class CacheEntry:
     @property
     def complete(self) -> bool:
         return (self.dir / COMPLETE).exists()
+
+    def partial_files(self) -> list[Path]:
+        """Files an interrupted build left in the entry (hidden temp files of half-done writes excluded)."""
+        if not self.dir.is_dir():
+            return []
+        return [p for p in self.dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
     def record(self) -> dict:
         return read_json(self.dir / COMPLETE)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +18,21 @@ from sert.models import package_dir
 
 log = logging.getLogger("sert")
 
-CONF_DIR = os.environ.get("SERT_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "conf")
+
+def find_conf_dir() -> str:
+    """``SERT_CONFIG_DIR`` if set; else the copy packaged into an installed wheel (``sert/conf``); else
+    the source tree's top-level ``conf/`` (a checkout or an editable install)."""
+    if os.environ.get("SERT_CONFIG_DIR"):
+        return os.environ["SERT_CONFIG_DIR"]
+    here = Path(__file__).resolve().parent
+    for conf in (here / "conf", here.parents[1] / "conf"):
+        if (conf / "config.yaml").is_file():
+            return str(conf)
+    raise FileNotFoundError(f"sert: no configs in {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
+                            "(source tree); reinstall the package or set SERT_CONFIG_DIR")
+
+
+CONF_DIR = find_conf_dir()
 
 
 def short_dirname(name: str, limit: int = 120) -> str:
@@ -46,8 +62,36 @@ register_resolvers()
 schema.register()
 
 
+class RunError(CompactHydraException):
+    """A user-facing failure of a run: Hydra prints only this one line (``HYDRA_FULL_ERROR=1`` gives the
+    chained traceback); the job's log file always has the full traceback."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors about the user's input or setup, whose message names the problem: shown as one line.
+    Anything else (a bug) keeps its traceback on the console."""
+    if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    try:
+        from sert.llm_client import FatalAPIError
+    except Exception:  # pragma: no cover - optional dependency missing
+        return False
+    return isinstance(err, FatalAPIError)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Checks the schema cannot express, made before anything loads."""
+    for key in ("dataset.limit", "evaluate.limit"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer (the first N records) or null (all), got {value!r}")
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the configured stage inside ``run_dir``; returns the run's final metrics (may be empty)."""
+    """Run the configured stage inside ``run_dir``; returns the run's final metrics (may be empty).
+
+    ``run.json`` says ``status: running`` from the start (a killed job keeps it, with no ``finished``),
+    then ``ok``, or ``failed`` with the error and the step that raised it."""
     from transformers import set_seed
 
     from sert.pipeline import Context
@@ -55,14 +99,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, run_dir)
-    log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
-    pipeline = instantiate(cfg.stage, _convert_="all")
-    logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else None
-    if logger is not None:
-        logger.start(ctx)
-        ctx.manifest.listeners.append(logger.log_step)
+    ctx.manifest.write()
+    logger = None
     try:
+        check_config(cfg)
+        log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
+        pipeline = instantiate(cfg.stage, _convert_="all")
+        logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else None
+        if logger is not None:
+            logger.start(ctx)
+            ctx.manifest.listeners.append(logger.log_step)
         outputs = pipeline(ctx)
+        ctx.manifest.finish("ok")
+    except BaseException as err:
+        ctx.manifest.finish("failed", err)
+        raise
     finally:
         if logger is not None:
             logger.finish()
@@ -70,11 +121,59 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return dict(last.summary.get("metrics", {}))
 
 
+def _log_to_files(message: str, err: BaseException) -> list[str]:
+    """Write ``message`` + the full traceback to the job's log file(s) only (not the console)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
+    files = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            files.append(handler.baseFilename)
+    return files
+
+
+# this process's jobs (the basic launcher runs a sweep's jobs in-process, one after the other)
+_jobs: dict = {"multirun": False, "failed": []}
+
+
+def _multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+def _hydra_main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _jobs["multirun"] = _multirun()
+    try:
+        metrics = run(cfg, run_dir)
+    except Exception as err:
+        from sert.pipeline import failed_step
+
+        step = failed_step(err)
+        line = f"{f'[{step}] ' if step else ''}{type(err).__name__}: {err}"
+        files = _log_to_files(f"job failed: {line}", err)
+        where = f" (traceback in {files[0]})" if files else ""
+        _jobs["failed"].append(f"{run_dir}: {line}")
+        if _jobs["multirun"]:  # the sweep goes on: say now which job failed (Hydra reports the first at the end)
+            log.error("job failed: %s%s", line, where)
+        if is_user_error(err):
+            raise RunError(line + where) from err
+        raise
     # Hydra sweepers optimise the returned value: the run's accuracy when it has one.
     return metrics.get("acc")
+
+
+def main() -> None:
+    """``sert``: Hydra's entry point; a multirun with failed jobs lists them at the end (exit status 1)."""
+    try:
+        _hydra_main()
+    finally:
+        failed = _jobs["failed"]
+        if failed and _jobs["multirun"]:
+            sys.stderr.write(f"{len(failed)} sweep job(s) failed (status \"failed\" in their run.json):\n"
+                             + "".join(f"  {j}\n" for j in failed))
 
 
 if __name__ == "__main__":

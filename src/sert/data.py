@@ -153,11 +153,13 @@ def load_local(path: str | Path, split: str, split_file: str | Path | None, on_e
         if split_file:
             raise DataError("dataset.split_file applies to unified JSON lists, not JSONL (one file per split)")
         return _collect(rows, on_error, report), report
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows")
     if split_file:
-        splits = json.loads(Path(split_file).read_text(encoding="utf-8"))
+        if not Path(split_file).exists():
+            raise FileNotFoundError(f"dataset.split_file: no such file {split_file}")
+        splits = _read_json(split_file)
         if split not in splits:
             raise DataError(f"{split_file}: no split {split!r} (has {sorted(splits)})")
         indices = splits[split]
@@ -165,6 +167,15 @@ def load_local(path: str | Path, split: str, split_file: str | Path | None, on_e
         indices = range(len(data))
     rows = [(f"{path}[{i}]", f"{path.stem}-{i}", data[i]) for i in indices]
     return _collect(rows, on_error, report), report
+
+
+def _read_json(path: str | Path) -> Any:
+    from sert.artifacts import read_json
+
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def load_hub(hub_id: str, hub_split: str, hub_config: str | None, on_error: str) -> tuple[list[Record], LoadReport]:
@@ -195,6 +206,8 @@ def load_records(
     hub_splits: dict[str, str] | None = None,
 ) -> tuple[list[Record], LoadReport]:
     """Load ``split`` from ``path`` when given, else from the Hub; keep the first ``limit`` records."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer (the first N records) or None (all), got {limit!r}")
     if path:
         records, report = load_local(path, split, split_file, on_error)
     else:

@@ -34,7 +34,8 @@ from sert.artifacts import append_jsonl, file_hash, read_jsonl_tolerant, write_j
 from sert.data import Record
 from sert.engine import Decoded, DecodeStats, decode
 from sert.hardware import resolve_dtype
-from sert.metrics import compute_metrics, extract_answer, is_well_formatted, split_reasoning
+from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
+                          is_well_formatted, split_reasoning)
 from sert.models import load_model, resolve_device
 from sert.pipeline import Context, StepOutput, _enum
 from sert.train_steps import TRAINING_STEPS, training_info
@@ -80,26 +81,35 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
 
 def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep_n: int = 3,
           max_rep: float = 0.3) -> tuple[list[dict], dict]:
-    """Prediction rows and the metrics dict for generated ``outputs``."""
+    """Prediction rows and the metrics dict for generated ``outputs``.
+
+    Besides the paper's strict Acc/Fmt, each row carries ``correct_lenient`` (``extract_answer_lenient``:
+    the last answer candidate when the strict extraction finds none) and ``format_prefix``
+    (``is_prefix_formatted``); the metrics gain ``acc_lenient`` and ``fmt_prefix`` (labelled, not the paper's)."""
     label_only = fmt == "label_only"
-    rows, ok, reason_len, out_toks = [], [], [], []
+    rows, ok, reason_len, out_toks, prefix = [], [], [], [], []
     for rec, output in zip(records, outputs):
         extracted = extract_answer(output, rec.choices, label_only=label_only)
+        lenient = extract_answer_lenient(output, rec.choices, label_only=label_only)
         row = {"qid": rec.qid, "question": rec.question, "gold": rec.answer, "output": output,
-               "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None}
+               "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None,
+               "extracted_lenient": lenient, "correct_lenient": lenient == rec.answer, "format_prefix": None}
         if not label_only:
             reasoning, _ = split_reasoning(output)
             toks = tokenizer(output.strip(), add_special_tokens=False)["input_ids"]
             row["reasoning"] = reasoning
             row["format_ok"] = is_well_formatted(output, extracted, toks, rep_order=rep_n, max_rep=max_rep)
+            row["format_prefix"] = is_prefix_formatted(output, rec.choices)
             ok.append(row["format_ok"])
+            prefix.append(row["format_prefix"])
             reason_len.append(len(tokenizer(reasoning, add_special_tokens=False)["input_ids"]) if reasoning else 0)
             out_toks.append(toks)
         rows.append(row)
     correct = [r["correct"] for r in rows]
+    lenient_ok = [r["correct_lenient"] for r in rows]
     if label_only:
-        return rows, compute_metrics(correct)
-    return rows, compute_metrics(correct, ok, reason_len, out_toks)
+        return rows, compute_metrics(correct, correct_lenient=lenient_ok)
+    return rows, compute_metrics(correct, ok, reason_len, out_toks, correct_lenient=lenient_ok, format_prefix=prefix)
 
 
 def warn_context(stats: DecodeStats, max_new: int) -> None:
@@ -154,8 +164,7 @@ def run(ctx: Context) -> StepOutput:
     max_new = ecfg.label_only_max_new_tokens if label_only else ecfg.max_new_tokens
     dtype = resolve_dtype(str(_enum(ecfg.dtype)), resolve_device(ctx.cfg.device))
     material = {"model": ident, "format": fmt, "prompt": getattr(ctx.prompts, fmt), "max_new_tokens": max_new,
-                "dtype": dtype,
-                "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
+                "dtype": dtype, "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
                 "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},
                 "answers": {"choice": ctx.prompts.answer_choice, "binary": ctx.prompts.answer_binary}}
 
@@ -169,7 +178,8 @@ def run(ctx: Context) -> StepOutput:
         prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]
         decoding = DecodeStats()
         outputs, resumed = decode_resumable(model, tok, ds.records, prompts, d, max_new_tokens=max_new,
-                                   batch_size=ecfg.batch_size, greedy=ecfg.greedy, seed=ctx.cfg.seed, stats=decoding)
+                                            batch_size=ecfg.batch_size, greedy=ecfg.greedy, seed=ctx.cfg.seed,
+                                            stats=decoding)
         warn_context(decoding, max_new)
         rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep)
         write_jsonl(d / "predictions.jsonl", rows)

@@ -120,13 +120,24 @@ class PerplexityFilter:
 
 
 class Selector:
-    """Per question, the surviving candidate with the lowest rep-n; ties -> lower first_token_rank
-    (null ranks, i.e. raw mode, count as 0), then lower sample index, then file order."""
+    """Per question, one surviving candidate.
 
-    def __init__(self, n: int = 2, unit: str = "tokens"):
-        self.n, self.unit = n, unit
+    ``strategy=lowest_rep2`` (paper III-A): the lowest rep-n; ties -> lower first_token_rank (null ranks,
+    i.e. raw mode, count as 0), then lower sample index, then file order.
+    ``strategy=random`` (Fig. 4's "raw" arm: no filter, no rep-2 preference): a survivor drawn uniformly
+    with ``random.Random`` seeded by (``seed``, qid) among the survivors ordered by (first_token_rank, sample),
+    so the draw depends neither on the other questions nor on the file order."""
+
+    STRATEGIES = ("lowest_rep2", "random")
+
+    def __init__(self, n: int = 2, unit: str = "tokens", strategy: str = "lowest_rep2", seed: int = 0):
+        if strategy not in self.STRATEGIES:
+            raise ValueError(f"filter.selector.strategy must be one of {self.STRATEGIES}, got {strategy!r}")
+        self.n, self.unit, self.strategy, self.seed = n, unit, strategy, seed
 
     def select(self, cands: list[dict]) -> list[dict]:
+        if self.strategy == "random":
+            return self._random(cands)
         best: dict[str, tuple] = {}
         for i, c in enumerate(cands):
             rate = rep_n(unit_tokens(c, self.unit), self.n)
@@ -134,6 +145,21 @@ class Selector:
             if c["qid"] not in best or key < best[c["qid"]][0]:
                 best[c["qid"]] = (key, {**c, "rep2": rate})
         return [row for _, row in best.values()]
+
+    def _random(self, cands: list[dict]) -> list[dict]:
+        import random
+
+        from sert.artifacts import stable_hash
+
+        by_q: dict[str, list[dict]] = {}
+        for c in cands:
+            by_q.setdefault(c["qid"], []).append(c)
+        out = []
+        for qid, group in by_q.items():
+            group = sorted(group, key=lambda c: (c.get("first_token_rank") or 0, c.get("sample") or 0))
+            c = random.Random(stable_hash([self.seed, qid])).choice(group)
+            out.append({**c, "rep2": rep_n(unit_tokens(c, self.unit), self.n)})
+        return out
 
 
 def apply_chain(cands: list[dict], chain: list[tuple[str, object]], selector: Selector) -> tuple[list, list, dict]:
@@ -169,21 +195,98 @@ def format_funnel(stats: dict) -> str:
     return "\n".join(lines)
 
 
+# what to loosen when a filter leaves nothing (formatted with that filter's config)
+LOOSEN = {
+    "length": "lower filter.length.min_tokens (now {min_tokens})",
+    "rep2": "raise filter.rep2.max_rate (now {max_rate})",
+    "perplexity": "lower filter.perplexity.min_ppl (now {min_ppl})",
+    "pattern": "relax filter.pattern.* (imitative, direct_max_words, min_options_listed, drop_stopped; "
+               "the reasons are in rejected.jsonl)",
+}
+
+
+class NoPathsError(ValueError):
+    """The filter chain left no reasoning path to train on."""
+
+
+def explain_no_paths(stats: dict, filter_cfg: dict) -> str:
+    """One line: the funnel (how many each filter dropped) and which knob to loosen."""
+    steps = ", ".join(f"{f['filter']} dropped {f['dropped']} ({f['kept']} left)" for f in stats["funnel"])
+    line = (f"the filter chain kept 0 of {stats['candidates']} candidate paths ({stats['questions']} questions): "
+            f"{steps or 'no filters'}")
+    if not stats["candidates"]:
+        return line + "; nothing to filter: check the generation step (generation.*, dataset.limit)"
+    culprit = next((f["filter"] for f in stats["funnel"] if f["in"] and not f["kept"]), None)
+    hint = LOOSEN.get(culprit, f"relax filter.{culprit}.*")
+    try:
+        hint = hint.format(**dict(filter_cfg[culprit]))
+    except (KeyError, TypeError, ValueError):
+        pass
+    return (f"{line}; {culprit} left nothing: {hint}, or leave {culprit} out of filter.order, "
+            "or sample more paths (dataset.limit, generation.max_new_tokens)")
+
+
 REQUIRED = ("qid", "text", "num_tokens", "ppl")
 
 
-def read_candidates(path: str | Path) -> list[dict]:
-    """Read a candidates.jsonl, failing with file:line on malformed rows or missing fields."""
+def read_candidates(path: str | Path, tokenizable: bool = False) -> list[dict]:
+    """Read a candidates.jsonl, failing with file:line on malformed rows or missing fields.
+
+    ``tokenizable``: rows may lack ``num_tokens`` (``add_token_ids`` fills it from the text)."""
     from sert.artifacts import read_jsonl
 
+    required = [k for k in REQUIRED if not (tokenizable and k == "num_tokens")]
     rows = read_jsonl(path)
     for i, r in enumerate(rows, 1):
-        missing = [k for k in REQUIRED if k not in r] if isinstance(r, dict) else list(REQUIRED)
+        missing = [k for k in required if k not in r] if isinstance(r, dict) else required
         if missing:
-            raise ValueError(f"{path}: row {i}: missing fields {missing} (candidates need {list(REQUIRED)})")
+            raise ValueError(f"{path}: row {i}: missing fields {missing} (candidates need {required})")
     if not rows:
         raise ValueError(f"{path}: no candidates")
     return rows
+
+
+def needs_tokens(cands: list[dict], filter_cfg) -> bool:
+    """Do these candidates lack model tokens the configured chain uses (``num_tokens``, or ``token_ids``
+    for a rep-n over ``unit=tokens``)?"""
+    from omegaconf import OmegaConf
+
+    units = [OmegaConf.select(filter_cfg, f"{n}.unit") for n in [*filter_cfg.order, "selector"]]
+    return any("num_tokens" not in c for c in cands) or (
+        "tokens" in units and any("token_ids" not in c for c in cands))
+
+
+def model_tokenizer(m: dict):
+    """The configured model's tokenizer only (no weights), picked as ``load_model`` picks it."""
+    from sert.models import byte_tokenizer, load_tokenizer, prepare_tokenizer
+
+    trust = bool(m.get("trust_remote_code"))
+    if m.get("tokenizer"):
+        return load_tokenizer(m["tokenizer"], trust_remote_code=trust)
+    if m.get("random_init") is not None:
+        return prepare_tokenizer(byte_tokenizer())
+    return load_tokenizer(m["name_or_path"], gguf_file=m.get("gguf_file"), trust_remote_code=trust)
+
+
+def tokenizer_identity(m: dict) -> dict:
+    """What identifies ``model_tokenizer(m)`` in a cache key."""
+    if m.get("tokenizer"):
+        return {"tokenizer": m["tokenizer"]}
+    if m.get("random_init") is not None:
+        return {"tokenizer": "byte-level"}
+    return {"name_or_path": m["name_or_path"], "gguf_file": m.get("gguf_file")}
+
+
+def add_token_ids(cands: list[dict], tok) -> int:
+    """Fill ``token_ids`` (the text's tokens, no special tokens) and ``num_tokens`` where missing;
+    returns how many rows were tokenized."""
+    n = 0
+    for c in cands:
+        if "token_ids" not in c:
+            c["token_ids"] = tok(c["text"], add_special_tokens=False)["input_ids"]
+            n += 1
+        c.setdefault("num_tokens", len(c["token_ids"]))
+    return n
 
 
 # ----------------------------------------------------------------------------- the step
@@ -199,11 +302,16 @@ def run(ctx):
     unknown = [n for n in order if not OmegaConf.is_dict(f.get(n)) or "_target_" not in f[n] or n == "selector"]
     if unknown:
         raise ValueError(f"filter.order names {unknown}, which are not filters defined under filter.*")
+    tokenize = False
     if f.input:
         path = Path(f.input).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"filter.input={f.input}: no such file")
         inputs, src, source = [], path, {"file": file_hash(path)}
+        # a file made elsewhere may carry text only: tokenize it with the configured model's tokenizer
+        tokenize = needs_tokens(read_candidates(path, tokenizable=True), f)
+        if tokenize:
+            source["tokenizer"] = tokenizer_identity(_plain_model(ctx))
     else:
         gen = ctx.require("generate")
         inputs, src, source = [gen], gen.path("candidates.jsonl"), {"generate": gen.key}
@@ -212,7 +320,11 @@ def run(ctx):
     material = {"order": order, "filters": chain_cfg, "selector": sel_cfg, "source": source}
 
     def build(d: Path) -> dict:
-        cands = read_candidates(src)
+        cands = read_candidates(src, tokenizable=tokenize)
+        if tokenize:
+            n = add_token_ids(cands, model_tokenizer(_plain_model(ctx)))
+            log.info("filter.input: tokenized %d of %d candidates with the model's tokenizer %s", n, len(cands),
+                     source["tokenizer"])
         chain = [(n, instantiate(f[n], _convert_="all")) for n in order]
         for n, obj in chain:
             log.info("Instantiating filter <%s> %s", n, type(obj).__name__)
@@ -229,5 +341,13 @@ def run(ctx):
 
     out = ctx.cached("filter", material, inputs, build)
     print(format_funnel(out.summary["funnel"]))
+    if not out.summary["selected"]:
+        log.warning("%s", explain_no_paths(out.summary["funnel"], f))
     print(f"-> {out.path('selected.jsonl')}{' (cached)' if out.cached else ''}")
     return out
+
+
+def _plain_model(ctx) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(ctx.cfg.model, resolve=True, enum_to_str=True)

@@ -309,7 +309,8 @@ TEXT_FIELDS = ("output", "text", "completion", "reasoning")
 
 
 def items_from_rows(rows: list[dict], where: str) -> list[dict]:
-    """Normalise rows to {qid, question, output, sample}; ``sample`` numbers a question's outputs."""
+    """Normalise rows to {qid, question, output, sample} (+ ``first_token_rank`` when the row has it);
+    ``sample`` numbers a question's outputs."""
     items, seen = [], {}
     for i, row in enumerate(rows):
         text = next((row[f] for f in TEXT_FIELDS if isinstance(row.get(f), str)), None)
@@ -317,7 +318,10 @@ def items_from_rows(rows: list[dict], where: str) -> list[dict]:
             raise ValueError(f"{where}: row {i + 1} needs 'question' and one of {TEXT_FIELDS}")
         qid = str(row.get("qid", row["question"]))
         seen[qid] = seen.get(qid, -1) + 1
-        items.append({"qid": qid, "question": row["question"], "output": text, "sample": seen[qid]})
+        item = {"qid": qid, "question": row["question"], "output": text, "sample": seen[qid]}
+        if "first_token_rank" in row:  # candidates / selected paths: Figure 1's per-rank bins need it
+            item["first_token_rank"] = row["first_token_rank"]
+        items.append(item)
     return items
 
 

@@ -112,13 +112,69 @@ def is_well_formatted(output: str, extracted: str | None, tokens: Sequence, *, r
     return repetition_rate(tokens, rep_order) <= max_rep
 
 
+# ----------------------------------------------------------------------------- lenient Acc, prefix Fmt
+_CAND_LABEL_RE = re.compile(r"\(([A-Za-z])\)")  # "(B)", "(b)"
+# an upper-case label standing alone: "B", "B.", "B)", "B is right" — but not the article in "A race track"
+_CAND_BARE_RE = re.compile(r"(?<![\w'(])([A-Z])(?![\w'])")
+_ARTICLE_A_RE = re.compile(r"A\s+[a-z]")
+
+
+def answer_candidates(text: str, choices: Sequence[Choice]) -> list[str]:
+    """Every answer the text mentions, in order of position (reasoning-teacher's candidate extraction).
+
+    Yes/no: each yes/no/true/false word. Multiple choice: each "(X)" label, each option text (whole words,
+    case and punctuation ignored) and each upper-case label standing alone (not "A" followed by a lower-case
+    word: the article), restricted to the choices.
+    ``"Not (A) oven but the fridge."`` (A oven, B fridge) -> ``["A", "A", "B"]`` (label, its text, "fridge")."""
+    if not choices:
+        return ["Yes" if m.group(1).lower() in ("yes", "true") else "No" for m in _YES_NO_RE.finditer(text)]
+    labels = {c.label.upper() for c in choices}
+    hits = [(m.start(), m.group(1).upper()) for m in _CAND_LABEL_RE.finditer(text)]
+    hits += [(m.start(), m.group(1)) for m in _CAND_BARE_RE.finditer(text) if not _ARTICLE_A_RE.match(text, m.start())]
+    for c in choices:
+        words = [re.escape(w) for w in _norm(c.text).split()]
+        if words:
+            rx = re.compile(r"(?<!\w)" + r"\W+".join(words) + r"(?!\w)", re.I)
+            hits += [(m.start(), c.label.upper()) for m in rx.finditer(text)]
+    return [label for _, label in sorted(hits) if label in labels]
+
+
+def extract_answer_lenient(output: str, choices: Sequence[Choice], *, label_only: bool = False) -> str | None:
+    """Lenient Acc's answer: ``extract_answer`` (the strict one), and when that finds none, the LAST answer
+    candidate anywhere in the output (``answer_candidates``) — reasoning-teacher's ``cleanse_prediction``
+    fallback when its answer prefix is missing (Ho et al. 2023, the RD baseline's evaluator).
+    ``" Milk is cold, so B."`` -> ``B``; ``" Maybe yes, maybe no"`` -> ``No``; ``" the the"`` -> ``None``."""
+    strict = extract_answer(output, choices, label_only=label_only)
+    if strict is not None:
+        return strict
+    cands = answer_candidates(output, choices)
+    return cands[-1] if cands else None
+
+
+def is_prefix_formatted(output: str, choices: Sequence[Choice]) -> bool:
+    """Prefix Fmt: the output BEGINS with the trained format, whatever follows it. True when all hold:
+      * there is a "So the answer is" sentence, and the reasoning before its first occurrence has at
+        least one word (the output starts with reasoning, not with the answer);
+      * the words after that first marker parse to an answer (``parse_answer``: first sentence only);
+      * no imitated new item before the end of that answer sentence ("Question:" in the prefix).
+    Nothing after the answer sentence is checked (an imitated "Question: …" or a loop there is allowed),
+    unlike the strict ``is_well_formatted``; the strict check's repetition test is not applied.
+    ``" Milk spoils. So the answer is (B). Question: ..."`` -> True; ``" So the answer is (B)."`` -> False."""
+    reasoning, tail = split_reasoning(output)
+    if tail is None or not re.search(r"\w", reasoning) or parse_answer(tail, choices) is None:
+        return False
+    prefix = reasoning + " " + _first_sentence(tail)
+    return "question:" not in prefix.lower()
+
+
 def _mean(xs: Sequence[float]) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
 
 
 def compute_metrics(correct: Sequence[bool], format_ok: Sequence[bool] | None = None,
                     reasoning_tokens: Sequence[int] | None = None,
-                    output_tokens: Sequence[Sequence] | None = None) -> dict:
+                    output_tokens: Sequence[Sequence] | None = None, *,
+                    correct_lenient: Sequence[bool] | None = None, format_prefix: Sequence[bool] | None = None) -> dict:
     """Paper III-D metrics over ``n`` outputs; pass only ``correct`` for a label-only model.
 
     * ``acc``: fraction of outputs whose extracted answer equals the gold label (Task Accuracy).
@@ -128,11 +184,19 @@ def compute_metrics(correct: Sequence[bool], format_ok: Sequence[bool] | None = 
     * ``rep``: mean over outputs of the unigram ``repetition_rate`` of the whole output's model tokens
       (Repetition Rate, "via unigram statistics").
     Example: correct [T, F], fmt [T, T], reasoning lengths [10, 20], tokens [[1,2,1,2], [5,6,7,8]] ->
-    acc 0.5, fmt 1.0, len 15.0, rep (0.5 + 0.0) / 2 = 0.25, n 2."""
+    acc 0.5, fmt 1.0, len 15.0, rep (0.5 + 0.0) / 2 = 0.25, n 2.
+    Labelled additions (not the paper's): ``acc_lenient`` from ``correct_lenient`` (``extract_answer_lenient``)
+    and ``fmt_prefix`` from ``format_prefix`` (``is_prefix_formatted``), present only when given."""
+    extra = {}
+    if correct_lenient is not None:
+        extra["acc_lenient"] = _mean([float(c) for c in correct_lenient])
+    if format_prefix is not None:
+        extra["fmt_prefix"] = _mean([float(f) for f in format_prefix])
     return {
         "acc": _mean([float(c) for c in correct]),
         "fmt": _mean([float(f) for f in format_ok]) if format_ok is not None else None,
         "len": _mean(list(reasoning_tokens)) if reasoning_tokens is not None else None,
         "rep": _mean([repetition_rate(t, 1) for t in output_tokens]) if output_tokens is not None else None,
         "n": len(correct),
+        **extra,
     }

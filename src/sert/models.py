@@ -47,8 +47,25 @@ def byte_tokenizer():
     )
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference that can only mean a local file or directory: a Hub id is ``name`` or ``org/name``."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref or ref.endswith(".gguf")
+
+
+def check_local(ref: str, what: str, gguf_file: str | None = None) -> None:
+    """A path-like reference that does not exist is reported as a missing path, not as a bad Hub id."""
+    path = Path(ref).expanduser()
+    if looks_like_path(ref) and not path.exists():
+        raise FileNotFoundError(f"{what} {ref!r}: no such local file or directory (a path, so the Hugging Face "
+                                "Hub was not asked)")
+    if gguf_file and path.is_dir() and not (path / gguf_file).is_file():
+        raise FileNotFoundError(f"{what} {ref!r}: no GGUF file {gguf_file!r} in that directory")
+
+
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+
+    check_local(name_or_path, "tokenizer", gguf_file)
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -94,6 +111,7 @@ def load_model(
         if torch_dtype != "auto":
             model = model.to(torch_dtype)
     else:
+        check_local(name_or_path, "model", gguf_file)
         log.info("loading model %s%s", name_or_path, f" ({gguf_file})" if gguf_file else "")
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
         if gguf_file:

@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sert import hardware
+from sert import faults, hardware
 from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
 from sert.data import Record, load_records
 from sert.prompts import Prompts
@@ -94,6 +94,9 @@ class Context:
         self._running.append(step)
         try:
             out = importlib.import_module(STEPS[step]).run(self)
+        except BaseException as err:
+            _mark_step(err, step)  # the innermost step wins: the one that was running
+            raise
         finally:
             self._running.pop()
         self.outputs[step] = out
@@ -113,9 +116,12 @@ class Context:
                 rec = entry.record()
                 log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
                 return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
-            resumed = entry.dir.exists()
+            left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
-            log.info("[%s] %s %s", step, "resuming in" if resumed else "computing into", entry.dir)
+            if left:
+                log.info("[%s] resuming in %s (%d files from an interrupted run)", step, entry.dir, len(left))
+            else:
+                log.info("[%s] computing into %s", step, entry.dir)
             start = time.perf_counter()
             summary = build(entry.dir) or {}
             seconds = time.perf_counter() - start
@@ -149,9 +155,12 @@ class Context:
         return {**_plain(self.cfg.model), "device": self.cfg.device}
 
     def model_identity(self) -> dict:
-        """What identifies the base model's weights in cache keys."""
+        """What identifies the base model's weights in cache keys. A randomly initialised (tiny) model is
+        its shape + seed + tokenizer: ``load_model`` ignores ``name_or_path`` then, so the key does too."""
         m = _plain(self.cfg.model)
-        return {k: m[k] for k in ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")}
+        keys = ("gguf_file", "tokenizer", "dtype", "random_init") if m.get("random_init") is not None else \
+            ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")
+        return {k: m[k] for k in keys}
 
 
 class Pipeline:
@@ -180,7 +189,17 @@ class Manifest:
         self.steps: list[dict] = []
         self.data: dict[str, dict] = {}
         self.started = time.time()
+        self.finished: float | None = None
+        self.status = "running"  # running -> ok | failed; a killed job stays "running" with no finished time
+        self.error: dict | None = None
         self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
+
+    def finish(self, status: str, err: BaseException | None = None) -> Path:
+        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running."""
+        self.status, self.finished = status, time.time()
+        if err is not None:
+            self.error = {"type": type(err).__name__, "message": str(err), "step": failed_step(err)}
+        return self.write()
 
     def add(self, out: StepOutput) -> None:
         files = sorted(str(p.relative_to(out.dir)) for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -190,6 +209,7 @@ class Manifest:
         if out.dir.is_dir() and not link.exists():
             link.symlink_to(out.dir, target_is_directory=True)
         self.write()
+        faults.reached("manifest.step_recorded")
         for listener in self.listeners:
             listener(out)
 
@@ -199,11 +219,16 @@ class Manifest:
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {
             "stage": cfg.stage.name,
+            "status": self.status,
+            "error": self.error,
+            "overrides": redact_argv(overrides()),
+            "started": _iso(self.started),
+            "finished": _iso(self.finished),
             "choices": choices(),
             "config": redact(OmegaConf.to_container(cfg, resolve=True)),
             "data": self.data,
             "steps": self.steps,
-            "wall_seconds": round(time.time() - self.started, 3),
+            "wall_seconds": round((self.finished or time.time()) - self.started, 3),
             "hardware": hardware.describe(),
             "versions": versions(),
             "git_commit": git_commit(),
@@ -236,6 +261,35 @@ def _plain(node: Any) -> Any:
     return obj
 
 
+def _mark_step(err: BaseException, step: str) -> None:
+    if failed_step(err) is None:
+        try:
+            err.sert_step = step  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions without a __dict__
+            pass
+
+
+def failed_step(err: BaseException) -> str | None:
+    """The step that was running when ``err`` was raised (None: outside any step)."""
+    return getattr(err, "sert_step", None)
+
+
+def _iso(t: float | None) -> str | None:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else None
+
+
+def overrides() -> list[str]:
+    """This job's Hydra task overrides (a sweep job: its own values plus the fixed ones)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
+
+
 def choices() -> dict:
     """Hydra's chosen group options for this job (e.g. {"model": "gpt2", "stage": "sert"})."""
     try:
@@ -261,6 +315,8 @@ def versions() -> dict:
 def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
+        if not (root / "src" / "sert").is_dir():  # an installed wheel: no source checkout to ask
+            return None
         return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip() or None
     except Exception:

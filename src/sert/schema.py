@@ -127,6 +127,8 @@ class SelectorConfig:
     _target_: str = "sert.filters.Selector"
     n: int = 2
     unit: str = "tokens"
+    strategy: str = "lowest_rep2"  # lowest_rep2 (III-A) | random (seeded; the Fig. 4 "raw" arm)
+    seed: int = 0  # random strategy only
 
 
 @dataclass

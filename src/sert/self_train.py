@@ -7,6 +7,7 @@ trains on ``Question: {q}. Answer: {r} So the answer is {a}.`` (``prompts.self_t
 from __future__ import annotations
 
 from sert.artifacts import read_jsonl
+from sert.filters import NoPathsError, explain_no_paths
 from sert.pipeline import Context, StepOutput
 from sert.train_steps import records_from_rows, train_step
 from sert.training_data import Example
@@ -18,4 +19,9 @@ def run(ctx: Context) -> StepOutput:
     pairs = records_from_rows(read_jsonl(path), path)
     examples = [Example(*ctx.prompts.training_pair("self_train", rec, row.get("text") or "")) for rec, row in pairs
                 if (row.get("text") or "").strip()]
+    if not examples:  # stop this job with the funnel, not a traceback from the trainer
+        funnel = selected.summary.get("funnel")
+        raise NoPathsError(explain_no_paths(funnel, ctx.cfg.filter) if funnel and not pairs else
+                           f"no reasoning paths to self-train on: {path} has {len(pairs)} rows"
+                           + (", none with text" if pairs else ""))
     return train_step(ctx, "self_train", "self_train", examples, [selected])

@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Driver of the CPU study (issue 13; cells, costs and order in experiments/cpu_study/README.md).
+
+    python experiments/cpu_study/run.py list            # cells, estimated cost, done or not
+    python experiments/cpu_study/run.py next            # run the first unfinished cell
+    python experiments/cpu_study/run.py sqa_s0 ...      # run named cells
+    python experiments/cpu_study/run.py --dry-run next  # print the commands only
+
+A cell is a list of `sert` jobs, each run as its own process with `hydra.run.dir=<out>/cpu_study/<cell>/<job>`;
+a failing job does not stop the others. Every step is cached under `<out>/cache`, so a killed or failed cell
+resumes when it is run again (finished steps are cache hits; generation resumes from its partial file, the
+teacher from its response cache, training from its last epoch checkpoint). After the jobs, the cell's small
+results are copied into `<results>/<cell>/` (`sert-report --collect`: run.json, metrics, predictions, funnel,
+teacher summary, judge rows, Figure 1 counts; never checkpoints or the cache) and `<results>/report.md` is
+regenerated from everything collected so far. A cell whose jobs all succeeded gets `<results>/<cell>/CELL.json`
+(jobs, return codes, wall seconds, load average); `next` skips those cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+SEEDS = [0, 1, 2]
+METHODS = ["finetune", "sert", "rd", "sert_rd"]
+# The teacher: the local Qwen 1.5B (teacher=local and the offline model config come from the teacher branch;
+# experiments/get_qwen_teacher.sh fetches the GGUF). Replace with --teacher for a smoke run.
+TEACHER = ["teacher=local", "teacher.model=qwen2.5-1.5b-instruct-offline"]
+SERT_PROMPT = "prompts.generate='Question: {question}. Answer:'"  # the SERT model's training prompt (II-B)
+
+
+@dataclass
+class Job:
+    name: str
+    overrides: list[str] | Callable[[Path], list[str]]  # a callable gets the cell's output dir
+
+
+@dataclass
+class Cell:
+    name: str
+    minutes: int  # estimated wall minutes on the idle 2-core machine (README: how it was estimated)
+    what: str
+    jobs: list[Job] = field(default_factory=list)
+
+
+def sert_checkpoint(cell_dir: Path) -> list[str]:
+    """Overrides that load the SERT model trained by the fig1 cell's `sert_model` job (a cache hit of csqa_s0)."""
+    link = cell_dir / "sert_model" / "self_train"
+    model = link.resolve() / "model"
+    if not (model / "config.json").exists():
+        raise FileNotFoundError(f"no self-trained checkpoint at {model} (did the sert_model job fail?)")
+    base = json.loads((cell_dir / "sert_model" / "run.json").read_text())["config"]["model"]["name"]
+    return [f"model.name={base}-sert", f"model.name_or_path={model}", "model.gguf_file=null",
+            "model.tokenizer=null", "model.random_init=null", SERT_PROMPT]
+
+
+def cells() -> list[Cell]:
+    """The study's cells in run order: teachers first (RD needs them), then one seed of every method and both
+    figures (a partial study already has every comparison once), then the other seeds."""
+    out = [Cell("teacher_sqa", 45, "teacher rationales, 200 StrategyQA train questions",
+                [Job("teacher", ["experiment=cpu_study_sqa", "stage=teacher"])]),
+           Cell("teacher_csqa", 25, "teacher rationales, 120 CommonsenseQA train questions",
+                [Job("teacher", ["experiment=cpu_study_csqa", "stage=teacher"])])]
+
+    def seed_cell(ds: str, seed: int) -> Cell:
+        exp, minutes = {"sqa": ("cpu_study_sqa", 72), "csqa": ("cpu_study_csqa", 40)}[ds]
+        name = {"sqa": "StrategyQA (200 train / 687 test)", "csqa": "CommonsenseQA (120 train / 250 test)"}[ds]
+        return Cell(f"{ds}_s{seed}", minutes, f"Finetune, SERT, RD, SERT+RD on {name}, seed {seed}",
+                    [Job(m, [f"experiment={exp}", f"stage={m}", f"seed={seed}"]) for m in METHODS])
+
+    fig1 = [Job(f"base_{mode}", ["experiment=cpu_study_fig1", f"generation.mode={mode}", "seed=0"])
+            for mode in ("topk_alternatives", "raw")]
+    fig1.append(Job("sert_model", ["experiment=cpu_study_csqa", "stage=self_train", "seed=0"]))  # csqa_s0's cache
+    fig1 += [Job(f"sert_{mode}", lambda d, mode=mode: ["experiment=cpu_study_fig1", f"generation.mode={mode}", "seed=0",
+                                                       *sert_checkpoint(d)])
+             for mode in ("topk_alternatives", "raw")]
+    out += [seed_cell("sqa", 0), seed_cell("csqa", 0),
+            Cell("fig1", 30, "Figure 1: base and SERT model, top-k alternatives and raw, 100 test questions", fig1),
+            Cell("fig4", 85, "Figure 4: 5 filter presets on 30 questions, judged by the local Qwen 1.5B",
+                 [Job(f"filter_{p}", ["experiment=cpu_study_fig4", f"filter={p}", "seed=0"])
+                  for p in ("raw", "pattern", "pattern_length", "pattern_length_rep2", "full")])]
+    out += [seed_cell(ds, seed) for seed in SEEDS[1:] for ds in ("sqa", "csqa")]
+    return out
+
+
+# ----------------------------------------------------------------------------- running a cell
+def run_cell(cell: Cell, args: argparse.Namespace) -> bool:
+    cell_dir = Path(args.out).resolve() / "cpu_study" / cell.name
+    results = Path(args.results)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "SERT_OUTPUT_DIR": str(Path(args.out).resolve())}
+    t0, load0, jobs = time.time(), os.getloadavg(), []
+    print(f"[cpu_study] cell {cell.name}: {cell.what} (estimated {cell.minutes} min)", flush=True)
+    for job in cell.jobs:
+        try:
+            overrides = job.overrides(cell_dir) if callable(job.overrides) else list(job.overrides)
+        except FileNotFoundError as e:
+            print(f"[cpu_study] {cell.name}/{job.name}: skipped: {e}", file=sys.stderr)
+            jobs.append({"job": job.name, "returncode": None, "seconds": 0.0, "error": str(e)})
+            continue
+        cmd = [sys.executable, "-m", "sert", *overrides, *args.teacher, *args.extra,
+               f"hydra.run.dir={cell_dir / job.name}"]
+        print("  $ " + " ".join(cmd[1:]), flush=True)
+        if args.dry_run:
+            continue
+        (cell_dir / job.name).mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(cell_dir / f"{job.name}.log", "a", encoding="utf-8") as log:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        jobs.append({"job": job.name, "returncode": rc, "seconds": round(time.time() - start, 1)})
+        print(f"  -> {'ok' if rc == 0 else f'FAILED ({rc}), log: {cell_dir / job.name}.log'} "
+              f"in {jobs[-1]['seconds']:.0f} s", flush=True)
+    if args.dry_run:
+        return True
+    from sert.artifacts import write_json
+    from sert.report import build_report, collect
+
+    collect(cell_dir, results / cell.name)
+    report, _ = build_report(results)
+    ok = all(j["returncode"] == 0 for j in jobs)
+    record = {"cell": cell.name, "what": cell.what, "estimated_minutes": cell.minutes, "jobs": jobs,
+              "wall_seconds": round(time.time() - t0, 1), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+              "extra_overrides": args.extra, "teacher_overrides": args.teacher,
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if ok:
+        write_json(results / cell.name / "CELL.json", record)
+        (results / cell.name / "CELL.failed.json").unlink(missing_ok=True)
+    else:
+        write_json(results / cell.name / "CELL.failed.json", record)
+    print(f"[cpu_study] cell {cell.name} {'done' if ok else 'NOT finished'} in {record['wall_seconds']:.0f} s; "
+          f"report: {report}", flush=True)
+    return ok
+
+
+def done(cell: Cell, results: Path) -> bool:
+    return (results / cell.name / "CELL.json").is_file()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cells", nargs="+", help="`list`, `next`, or cell names")
+    p.add_argument("--out", default=os.environ.get("SERT_OUTPUT_DIR", str(ROOT / "outputs")),
+                   help="run outputs and the cache (default: $SERT_OUTPUT_DIR or outputs/)")
+    p.add_argument("--results", default=str(ROOT / "experiments" / "results" / "cpu_study"),
+                   help="where the small results and report.md go (default: experiments/results/cpu_study)")
+    p.add_argument("--extra", nargs="*", default=[], help="hydra overrides appended to every job (smoke runs)")
+    p.add_argument("--teacher", nargs="*", default=TEACHER, help=f"teacher overrides (default: {' '.join(TEACHER)})")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    table = {c.name: c for c in cells()}
+    results = Path(args.results)
+    if args.cells == ["list"]:
+        for c in table.values():
+            print(f"{c.name:<13} {c.minutes:>4} min  {'done' if done(c, results) else 'todo':<5} {c.what}")
+        print(f"total estimated: {sum(c.minutes for c in table.values()) / 60:.1f} h")
+        return 0
+    if args.cells == ["next"]:
+        todo = [c for c in table.values() if not done(c, results)]
+        if not todo:
+            print("[cpu_study] every cell is done")
+            return 0
+        chosen = todo[:1]
+    else:
+        unknown = [n for n in args.cells if n not in table]
+        if unknown:
+            print(f"unknown cell(s) {unknown}; cells: {', '.join(table)}", file=sys.stderr)
+            return 2
+        chosen = [table[n] for n in args.cells]
+    return 0 if all([run_cell(c, args) for c in chosen]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
