@@ -100,3 +100,52 @@ def test_base_model_format_override_and_bad_settings(tmp_path, sqa_jsonl):
     with pytest.raises(FileNotFoundError, match="evaluate.checkpoint: no model"):
         evaluate.run(ctx_for(tmp_path, sqa_jsonl, f"evaluate.checkpoint={tmp_path / 'nope'}"))
     assert len(list((tmp_path / "cache").glob("evaluate/*/predictions.jsonl"))) == 2  # the bad ones ran nothing
+
+
+EVAL_ARGS = ["stage=evaluate", "model=tiny", "device=cpu", "dataset=strategy_qa", "evaluate.split=train"]
+
+
+def test_cli_evaluate_killed_after_two_batches_resumes_to_identical_results(tmp_path, sqa_jsonl):
+    args = [*EVAL_ARGS, f"dataset.path={sqa_jsonl}", "evaluate.batch_size=1", "evaluate.max_new_tokens=8"]
+    ref = tmp_path / "ref"
+    run_cli(*args, out=ref)
+    ref_dir = Path(read_json(run_dirs(ref)[-1] / "run.json")["steps"][0]["dir"])
+    out = tmp_path / "out"
+    killed = run_cli(*args, out=out, check=False, env={"SERT_KILL_AT": "evaluate.batch_saved:2"})
+    assert killed.returncode == -9
+    (partial,) = out.rglob("predictions.partial.jsonl")
+    assert len(read_jsonl(partial)) == 2  # two batches of one question, durably saved before the kill
+    proc = run_cli(*args, out=out)
+    assert "resuming evaluation: 2/4 questions already decoded" in proc.stderr + proc.stdout
+    step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
+    d = Path(step["dir"])
+    assert d == partial.parent and not partial.exists()
+    assert step["summary"]["decoding"]["resumed"] == 2 and step["summary"]["decoding"]["prompts"] == 4
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (d / name).read_bytes() == (ref_dir / name).read_bytes(), name
+
+
+def test_cli_evaluate_tiny_with_default_max_new_tokens_clamps_and_finishes(tmp_path, sqa_jsonl):
+    """model=tiny has 512 positions: the default max_new_tokens=512 cannot fit after any prompt."""
+    out = tmp_path / "out"
+    proc = run_cli(*EVAL_ARGS, f"dataset.path={sqa_jsonl}", "evaluate.limit=2", out=out)
+    logs = proc.stderr + proc.stdout
+    assert logs.count("model context too short: 2 of 2 rows got fewer than max_new_tokens=512") == 1
+    step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
+    dec = step["summary"]["decoding"]
+    assert dec["clamped"] == 2 and dec["truncated_prompts"] == 0 and dec["prompts"] == 2
+    from sert.hardware import resolve_dtype
+
+    assert 400 < dec["min_new_tokens_allowed"] < 512 and step["summary"]["dtype"] == resolve_dtype("auto", "cpu")
+    preds = read_jsonl(Path(step["dir"]) / "predictions.jsonl")
+    assert len(preds) == 2 and all(p["output"] for p in preds)
+
+
+def test_dtype_is_resolved_before_it_enters_the_cache_key(tmp_path, sqa_jsonl):
+    from sert.hardware import resolve_dtype
+
+    fp32 = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.dtype=float32"))
+    bf16 = evaluate.run(ctx_for(tmp_path, sqa_jsonl, "evaluate.dtype=bfloat16"))
+    auto = evaluate.run(ctx_for(tmp_path, sqa_jsonl))  # auto: float32 here unless the CPU is fast at bf16
+    assert (fp32.summary["dtype"], bf16.summary["dtype"]) == ("float32", "bfloat16") and fp32.key != bf16.key
+    assert auto.cached and auto.key == {"float32": fp32.key, "bfloat16": bf16.key}[resolve_dtype("auto", "cpu")]

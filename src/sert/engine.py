@@ -1,17 +1,23 @@
 """One batched decoding engine for everything that writes text with a local model: evaluation
 (greedy on the test split), the local teacher and the local judge.
 
-``decode(model, tok, prompts, ...)`` sorts prompts by length, decodes ``batch_size`` at a time with a
-KV cache, stops a batch when every row has finished (EOS or a stop string), and returns one
-``Decoded`` per prompt in the input order. Context limits are handled here, once for every caller:
-the new-token budget is clamped to the room the model's context leaves after the prompt, and a prompt
-that alone fills the context is left-truncated (its end, where the model continues, is kept). Both are
-counted in ``DecodeStats`` so a step can warn once and record them in its summary.
+``decode(model, tok, prompts, ...)`` sorts prompts by length, decodes ``batch_size`` at a time and
+returns one ``Decoded`` per prompt in the input order. Each batch runs through our own KV-cache loop
+(``decode_batch``): the left-padded prompts go through the model once, then one token per step for the
+rows still alive; a row that finished (EOS, a stop string, its budget) leaves the batch and its KV-cache
+rows are dropped, so steps get cheaper as rows finish and the batch ends with its last row. Greedy
+outputs equal HF ``generate``'s (tested); ``experiments/bench_eval.py`` compares the speed.
+
+Context limits are handled here, once for every caller: each row's new-token budget is clamped to
+the room the model's context leaves after its prompt, and a prompt that alone fills the context is
+left-truncated (its end, where the model continues, is kept). Both are counted in ``DecodeStats`` so a
+step can warn once and record them in its summary.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +32,8 @@ class Decoded:
     num_tokens: int  # new tokens generated (EOS not counted)
     finish_reason: str  # eos | stop | length
     prompt_tokens: int  # prompt tokens the model saw (after any truncation)
+    budget: int = 0  # the new-token budget this row had (max_new_tokens, or less where the context clamped it)
+    truncated: bool = False  # the prompt was left-truncated to fit the context
 
 
 @dataclass
@@ -36,6 +44,15 @@ class DecodeStats:
     truncated_prompts: int = 0  # rows whose prompt was left-truncated to fit the context
     seconds: float = 0.0
     clamped_to: list[int] = field(default_factory=list)
+
+    def count(self, d: Decoded, max_new_tokens: int) -> None:
+        """Add one decoded row (also used by a resumed step for the rows it read back)."""
+        self.prompts += 1
+        self.new_tokens += d.num_tokens
+        self.truncated_prompts += bool(d.truncated)
+        if d.budget < max_new_tokens:
+            self.clamped += 1
+            self.clamped_to.append(d.budget)
 
     def as_dict(self) -> dict:
         return {"prompts": self.prompts, "new_tokens": self.new_tokens, "clamped": self.clamped,
@@ -70,57 +87,37 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
     ``on_batch(indices, results)`` is called after each batch (for incremental saving); prompts whose
     index is in ``skip`` are not decoded (their slot in the result is None): a resumed run passes the
     indices it already has. ``min_new_tokens`` is the least room a prompt must leave; a longer prompt is
-    left-truncated to ``context - min_new_tokens`` tokens."""
-    import time
-
+    left-truncated to ``context - min_new_tokens`` tokens. Sampling (``temperature > 0``) draws from a
+    generator seeded with ``seed`` + the batch's start, so it is reproducible for a fixed ``batch_size``."""
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else DecodeStats()
-    device = next(model.parameters()).device
     ctx = context_length(model)
-    tok.padding_side = "left"
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    truncated = set()
     if ctx is not None:
         for i, row in enumerate(ids):
             if len(row) > ctx - min_new_tokens:
                 ids[i] = row[len(row) - (ctx - min_new_tokens):]
-                stats.truncated_prompts += 1
+                truncated.add(i)
     todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
     out: list[Decoded | None] = [None] * len(prompts)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True, mininterval=2.0)
     t0 = time.perf_counter()
     for s in range(0, len(todo), batch_size):
         idx = todo[s:s + batch_size]
-        longest = max(len(ids[i]) for i in idx)
-        budget = max_new_tokens if ctx is None else min(max_new_tokens, ctx - longest)
-        if budget < max_new_tokens:
-            stats.clamped += len(idx)
-            stats.clamped_to.append(budget)
-        input_ids = torch.full((len(idx), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), longest), dtype=torch.long)
-        for r, i in enumerate(idx):
-            input_ids[r, longest - len(ids[i]):] = torch.tensor(ids[i])
-            mask[r, longest - len(ids[i]):] = 1
-        torch.manual_seed(seed + s)
-        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k or None}
-                    if temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
-        gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max(budget, 1), pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                             use_cache=True, **sampling)
+        # each row's own budget: positions are per row, so a short prompt next to a long one keeps its room
+        budgets = [max(1, max_new_tokens if ctx is None else min(max_new_tokens, ctx - len(ids[i]))) for i in idx]
+        pick = _picker(temperature, top_p, top_k, seed + s)
+        rows = decode_batch(model, tok, [ids[i] for i in idx], budgets, pick, stop)
         results = []
-        for r, i in enumerate(idx):
-            row = gen[r, longest:].tolist()
-            n = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
-            text = tok.decode(row[:n], skip_special_tokens=True)
-            reason = "eos" if n < len(row) else "length"
-            cut = stop_cut(text, stop)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-            out[i] = Decoded(text, n, reason, len(ids[i]))
-            stats.new_tokens += n
+        for i, budget, (toks, reason) in zip(idx, budgets, rows):
+            text = tok.decode(toks, skip_special_tokens=True)
+            cut = stop_cut(text, stop) if reason == "stop" else None
+            out[i] = Decoded(text[:cut] if cut is not None else text, len(toks), reason, len(ids[i]), budget,
+                             i in truncated)
+            stats.count(out[i], max_new_tokens)
             results.append(out[i])
-        stats.prompts += len(idx)
         if on_batch:
             on_batch(idx, results)
         bar.update(len(idx))
@@ -128,3 +125,68 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
     bar.close()
     stats.seconds += time.perf_counter() - t0
     return out
+
+
+def _picker(temperature: float, top_p: float, top_k: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Next-token choice from (rows, vocab) logits: argmax, or a seeded draw after top-k/top-p warping."""
+    if temperature <= 0:
+        return lambda logits: logits.argmax(-1)
+    from sert.generate import warp  # lazy: sert.generate imports this module
+
+    gen = torch.Generator().manual_seed(seed)
+    return lambda logits: torch.multinomial(warp(logits.float().cpu(), top_k, top_p, temperature), 1,
+                                            generator=gen).squeeze(1).to(logits.device)
+
+
+@torch.no_grad()
+def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Callable[[torch.Tensor], torch.Tensor],
+                 stop: Sequence[str] = ()) -> list[tuple[list[int], str]]:
+    """New tokens (EOS excluded, at most ``budgets[r]``) and finish reason (eos | stop | length) per
+    prompt of one batch.
+
+    The left-padded prompts go through the model once; then one token per step for the rows still
+    alive. A finished row leaves the batch at once (its KV-cache rows are dropped with
+    ``batch_select_indices``), so the steps get cheaper as rows finish and the loop ends with the last
+    one. Stop strings are checked on the decoded last few tokens of each row (cheap)."""
+    device = next(model.parameters()).device
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    longest = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, longest - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[r, longest - len(row):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, next_pos = out.cache, pos[:, -1:] + 1
+    tokens = pick(out.logits[:, -1])
+    new: list[list[int]] = [[] for _ in rows]
+    reason = ["length"] * len(rows)
+    alive = list(range(len(rows)))  # batch rows still decoding, in cache order
+    tail = max((len(s) for s in stop if s), default=0) + 8  # tokens decoded for the stop-string check
+    while True:
+        keep = []
+        for j, t in enumerate(tokens.tolist()):
+            r = alive[j]
+            if t == eos:
+                reason[r] = "eos"
+                continue
+            new[r].append(t)
+            if stop and stop_cut(tok.decode(new[r][-tail:]), stop) is not None:
+                reason[r] = "stop"
+            elif len(new[r]) < budgets[r]:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(alive):  # finished rows leave the batch and the KV cache
+            sel = torch.tensor(keep, device=device)
+            cache.batch_select_indices(sel)
+            alive, mask, next_pos, tokens = [alive[j] for j in keep], mask[sel], next_pos[sel], tokens[sel]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
+                    use_cache=True)
+        cache, next_pos = out.cache, next_pos + 1
+        tokens = pick(out.logits[:, -1])
+    return [(new[r], reason[r]) for r in range(len(rows))]

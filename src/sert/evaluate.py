@@ -12,8 +12,14 @@ so the model continues exactly where its training text went on:
   * ``label_only`` (Finetune): ``Question: {q} Answer:`` — scored for Acc only.
 The base model, or a checkpoint without that file, uses ``self_train`` unless ``evaluate.format`` says.
 
-Decoding: batched (left padding, KV cache) ``generate``, greedy by default, up to
+Decoding: ``sert.engine.decode`` (batched, length-sorted, KV cache, finished rows leave the batch), greedy
+by default, in ``evaluate.dtype`` (auto: bf16 only where the hardware is fast at it), up to
 ``evaluate.max_new_tokens`` new tokens or EOS (trained models learned to emit EOS after the answer).
+The prompt is never cut for a fair score; where the model's context is short, a row gets the new tokens
+its context leaves (clamped, warned once, counted in the summary's ``decoding``).
+
+Resume: every finished batch is appended (fsync'd) to ``predictions.partial.jsonl`` in the cache entry
+(raw outputs keyed by qid); a killed run, rerun, decodes only the questions not in it.
 Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok)
 and ``metrics.json`` {acc, fmt, len, rep, n}; ``summary["metrics"]`` is the same dict.
 """
@@ -23,13 +29,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sert.artifacts import file_hash, write_json, write_jsonl
+from sert import faults
+from sert.artifacts import append_jsonl, file_hash, read_jsonl_tolerant, write_json, write_jsonl
 from sert.data import Record
-from sert.engine import DecodeStats, decode
+from sert.engine import Decoded, DecodeStats, decode
+from sert.hardware import resolve_dtype
 from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
                           is_well_formatted, split_reasoning)
-from sert.models import load_model
-from sert.pipeline import Context, StepOutput
+from sert.models import load_model, resolve_device
+from sert.pipeline import Context, StepOutput, _enum
 from sert.train_steps import TRAINING_STEPS, training_info
 
 log = logging.getLogger(__name__)
@@ -113,6 +121,39 @@ def warn_context(stats: DecodeStats, max_new: int) -> None:
                     stats.truncated_prompts)
 
 
+PARTIAL = "predictions.partial.jsonl"  # one line per decoded question, appended per batch: the resume point
+_RAW = ("text", "num_tokens", "finish_reason", "prompt_tokens", "budget", "truncated")
+
+
+def decode_resumable(model, tok, records: list[Record], prompts: list[str], d: Path, *, max_new_tokens: int,
+                     batch_size: int, greedy: bool, seed: int, stats: DecodeStats) -> tuple[list[str], int]:
+    """(outputs, number of questions read back): decode ``prompts``, saving each finished batch durably in
+    ``d/PARTIAL``; questions already there (a killed run) are read back, not decoded again. ``stats``
+    covers every row, read back or decoded. (Greedy outputs do not depend on the batch a prompt lands in;
+    sampled ones, ``greedy=false``, are seeded per batch, so a resumed sampled run differs from an
+    uninterrupted one.)"""
+    saved = {r["qid"]: r for r in read_jsonl_tolerant(d / PARTIAL)}
+    done = {i for i, rec in enumerate(records) if rec.qid in saved}
+    if done:
+        log.info("resuming evaluation: %d/%d questions already decoded (%s)", len(done), len(records), d / PARTIAL)
+    outputs: list[str | None] = [None] * len(records)
+    for i in done:
+        row = Decoded(**{k: saved[records[i].qid][k] for k in _RAW})
+        outputs[i] = row.text
+        stats.count(row, max_new_tokens)
+
+    def save(indices: list[int], results: list[Decoded]) -> None:
+        for i, res in zip(indices, results):
+            append_jsonl(d / PARTIAL, {"qid": records[i].qid, **{k: getattr(res, k) for k in _RAW}})
+            outputs[i] = res.text
+        faults.reached("evaluate.batch_saved")
+
+    sampling = {} if greedy else {"temperature": 1.0, "top_p": 0.95}
+    decode(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc="evaluate",
+           on_batch=save, skip=done, stats=stats, **sampling)
+    return outputs, len(done)
+
+
 def run(ctx: Context) -> StepOutput:
     ecfg = ctx.cfg.evaluate
     model_dir, fmt, ident, inputs = resolve_checkpoint(ctx)
@@ -121,28 +162,31 @@ def run(ctx: Context) -> StepOutput:
     ds = ctx.dataset(split=ecfg.split, limit=ecfg.limit)
     label_only = fmt == "label_only"
     max_new = ecfg.label_only_max_new_tokens if label_only else ecfg.max_new_tokens
+    dtype = resolve_dtype(str(_enum(ecfg.dtype)), resolve_device(ctx.cfg.device))
     material = {"model": ident, "format": fmt, "prompt": getattr(ctx.prompts, fmt), "max_new_tokens": max_new,
-                "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
+                "dtype": dtype, "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
                 "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},
                 "answers": {"choice": ctx.prompts.answer_choice, "binary": ctx.prompts.answer_binary}}
 
     def build(d: Path) -> dict:
         if model_dir is None:
-            model, tok = load_model(**ctx.model_kwargs())
+            model, tok = load_model(**{**ctx.model_kwargs(), "dtype": dtype})
         else:
-            model, tok = load_model(str(model_dir), device=ctx.cfg.device)
-        log.info("evaluating %s (%s format) on %d %s records", model_dir or "the base model", fmt,
+            model, tok = load_model(str(model_dir), device=ctx.cfg.device, dtype=dtype)
+        log.info("evaluating %s (%s format, %s) on %d %s records", model_dir or "the base model", fmt, dtype,
                  len(ds.records), ds.split)
         prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]
         decoding = DecodeStats()
-        outputs = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=ecfg.batch_size,
-                           greedy=ecfg.greedy, seed=ctx.cfg.seed, stats=decoding)
+        outputs, resumed = decode_resumable(model, tok, ds.records, prompts, d, max_new_tokens=max_new,
+                                            batch_size=ecfg.batch_size, greedy=ecfg.greedy, seed=ctx.cfg.seed,
+                                            stats=decoding)
         warn_context(decoding, max_new)
         rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep)
         write_jsonl(d / "predictions.jsonl", rows)
         write_json(d / "metrics.json", metrics)
-        return {"format": fmt, "model": str(model_dir) if model_dir else "base", "split": ds.split,
-                "decoding": decoding.as_dict(), "metrics": metrics}
+        (d / PARTIAL).unlink(missing_ok=True)
+        return {"format": fmt, "model": str(model_dir) if model_dir else "base", "split": ds.split, "dtype": dtype,
+                "decoding": {**decoding.as_dict(), "resumed": resumed}, "metrics": metrics}
 
     out = ctx.cached("evaluate", material, [ds, *inputs], build)
     m = out.summary["metrics"]

@@ -202,6 +202,7 @@ class EvaluateConfig:
     label_only_max_new_tokens: int = 32
     batch_size: int = 16
     greedy: bool = True
+    dtype: DType = DType.auto  # compute dtype; auto = bfloat16 only where the hardware is fast at it (sert.hardware)
     fmt_rep_n: int = 3
     fmt_max_rep: float = 0.3
 
@@ -260,7 +261,7 @@ class TeacherConfig(ApiConfig):
 
 @dataclass
 class JudgeConfig(ApiConfig):
-    _target_: str = "sert.judge.OpenAIJudge"  # sert.judge.OpenAIJudge | sert.judge.HFJudge
+    _target_: str = "sert.judge.OpenAIJudge"  # sert.judge.OpenAIJudge | sert.judge.LocalJudge (alias HFJudge)
     name: str = "openai"
     template: str = MISSING  # Table I prompt with {eval_question} / {eval_completion}
     target: str = "predictions"  # predictions | candidates | selected (ignored when input is set)
@@ -269,8 +270,15 @@ class JudgeConfig(ApiConfig):
     sample: Optional[int] = None  # N questions drawn at random (seed), all their outputs kept
     seed: int = 0
     retry_temperature: float = 0.7  # the one retry of an unparsable reply samples at this temperature
-    hf_device: str = "auto"
-    hf_batch_size: int = 4
+    hf_device: str = "auto"  # judge=local: the local model's device
+    hf_batch_size: int = 4  # judge=local: prompts per decoding batch (each batch cached before the next)
+    # judge=local (sert.judge.LocalJudge; conf/judge/local.yaml documents these)
+    backend: str = "torch"  # torch (sert.engine) | ctranslate2 (sert.ct2, optional)
+    dtype: str = "auto"  # torch: auto | float32 | bfloat16 (resolved by sert.hardware.resolve_dtype)
+    compute_type: str = "int8"  # ctranslate2 only
+    chat_template: str = "auto"  # auto | true | false
+    reply_format: str = "free"  # free | prefill | stepwise
+    score_tokens: int = 4  # stepwise: new tokens per "- Score for X:" line
 @dataclass
 class LoggerConfig:
     """``logger`` group (code: sert.tracking). ``logger=none`` uses only ``_target_``/``report_to``."""
