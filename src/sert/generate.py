@@ -16,7 +16,10 @@ of a CDF boundary; we accept that.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sert.artifacts import stable_hash, write_jsonl
+from sert import faults
+from sert.artifacts import read_jsonl, stable_hash, write_jsonl
 from sert.engine import stop_cut
 
 log = logging.getLogger(__name__)
@@ -140,6 +144,7 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         lp = torch.zeros(R, device=device)
         lp[alive] = step_lp
         ids.append(tokens), logps.append(lp)
+        faults.reached("generate.step")
         newly_eos = torch.zeros(R, dtype=torch.bool, device=device)
         newly_eos[alive] = step_tok == eos
         for r in newly_eos.nonzero().squeeze(1).tolist():
@@ -196,19 +201,20 @@ def _assemble(tok, ids: torch.Tensor, logps: torch.Tensor, finish: list[str], ra
 
 # ----------------------------------------------------------------------------- the HF backend over a dataset
 def generate_hf(model, tok, items: list[tuple[str, str]], spec: SamplingSpec, seed: int, batch_size: int,
-                on_batch: Callable[[int, list[list[dict]]], None] | None = None, start: int = 0) -> list[list[dict]]:
-    """Sample paths for ``items`` = [(qid, prompt)], ``batch_size`` questions at a time, from item ``start``."""
+                on_batch: Callable[[int, list[list[dict]]], None] | None = None, done: int = 0) -> list[list[dict]]:
+    """Sample paths for ``items`` = [(qid, prompt)], ``batch_size`` questions at a time; ``on_batch(i,
+    paths)`` after each batch (``i`` = index of its first item). ``done``: questions resumed (progress bar)."""
     results: list[list[dict]] = []
-    bar = tqdm(total=len(items) * spec.paths_per_question, initial=start * spec.paths_per_question,
-               desc="generate", unit="sample", dynamic_ncols=True)
+    P = spec.paths_per_question
+    bar = tqdm(total=(done + len(items)) * P, initial=done * P, desc="generate", unit="sample", dynamic_ncols=True)
     t0 = time.perf_counter()
-    for i in range(start, len(items), batch_size):
+    for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         paths = sample_batch(model, tok, [p for _, p in chunk], [q for q, _ in chunk], spec, seed)
         results.extend(paths)
         if on_batch:
             on_batch(i, paths)
-        bar.update(len(chunk) * spec.paths_per_question)
+        bar.update(len(chunk) * P)
         bar.set_postfix(samples_s=f"{(bar.n - bar.initial) / (time.perf_counter() - t0):.1f}")
     bar.close()
     return results
@@ -267,6 +273,37 @@ def _vllm_path(tok, c, first: tuple[int, float] | None, rank: int | None, sample
             "ppl": math.exp(-sum(lps) / len(lps)) if lps else None, "finish_reason": reason}
 
 
+# ----------------------------------------------------------------------------- durable batches (resume)
+def write_part(path: Path, rows: list[dict]) -> None:
+    """Write one batch's rows as a unit: temp file, fsync, atomic rename. A kill leaves either the whole
+    part or none of it (at most a hidden ``.part-*.tmp`` that readers ignore)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_parts(parts: Path, paths_per_question: int) -> dict[str, list[dict]]:
+    """Questions whose full set of paths is in a part file (qid -> rows); anything else is dropped."""
+    done: dict[str, list[dict]] = {}
+    for f in sorted(parts.glob("part-*.jsonl")) if parts.is_dir() else []:
+        try:
+            rows = read_jsonl(f)
+        except ValueError as e:
+            log.warning("ignoring unreadable generation part %s (%s)", f, e)
+            continue
+        by_q: dict[str, list[dict]] = {}
+        for r in rows:
+            by_q.setdefault(r.get("qid"), []).append(r)
+        for q, rs in by_q.items():
+            if len(rs) == paths_per_question and q not in done:
+                done[q] = rs
+    return done
+
+
 # ----------------------------------------------------------------------------- the step
 def spec_from_cfg(g) -> SamplingSpec:
     return SamplingSpec(mode=str(getattr(g.mode, "value", g.mode)), first_k=g.first_k,
@@ -277,8 +314,6 @@ def spec_from_cfg(g) -> SamplingSpec:
 def run(ctx):
     """``stage=generate``: candidates.jsonl for the configured split (cached by model + generation cfg)."""
     from dataclasses import asdict
-
-    from sert.artifacts import read_jsonl_tolerant, append_jsonl
 
     g = ctx.cfg.generation
     spec = spec_from_cfg(g)
@@ -296,39 +331,40 @@ def run(ctx):
 
     def build(d: Path) -> dict:
         t0 = time.perf_counter()
-        partial = d / "candidates.partial.jsonl"  # append-only per batch: a killed run resumes here
-        done_rows = read_jsonl_tolerant(partial)
-        done_q = {r["qid"] for r in done_rows}
-        start = 0
-        while start < len(items) and items[start][0] in done_q:
-            start += 1
-        if start:
-            log.info("resuming generation after %d/%d questions", start, len(items))
-        done_rows = [r for r in done_rows if r["qid"] in {q for q, _ in items[:start]}]
+        parts = d / "parts"  # one atomically written file per finished batch: a killed run resumes here
+        done = load_parts(parts, spec.paths_per_question)
+        done = {q: done[q] for q, _ in items if q in done}
+        todo = [(i, q, p) for i, (q, p) in enumerate(items) if q not in done]
+        if done:
+            log.info("resuming generation after %d/%d questions (their paths are in %s)", len(done), len(items), parts)
         if backend == "vllm":
             results = generate_vllm(ctx.model_kwargs(), items, spec, ctx.cfg.seed)
-            rows = [row for (q, _), paths in zip(items, results) for row in rows_of(q, paths)]
+            done = {q: rows_of(q, paths) for (q, _), paths in zip(items, results)}
         else:
             from sert.models import load_model
 
             model, tok = load_model(**ctx.model_kwargs())
 
             def save(i: int, paths: list[list[dict]]) -> None:
-                for (q, _), ps in zip(items[i:i + len(paths)], paths):
-                    for row in rows_of(q, ps):
-                        append_jsonl(partial, row)
+                batch = todo[i:i + len(paths)]
+                rows = [row for (_, q, _), ps in zip(batch, paths) for row in rows_of(q, ps)]
+                write_part(parts / f"part-{batch[0][0]:06d}.jsonl", rows)
+                faults.reached("generate.batch_saved")
+                done.update({q: rows_of(q, ps) for (_, q, _), ps in zip(batch, paths)})
 
-            results = generate_hf(model, tok, items, spec, ctx.cfg.seed, g.batch_size, on_batch=save, start=start)
-            rows = done_rows + [row for (q, _), paths in zip(items[start:], results) for row in rows_of(q, paths)]
+            generate_hf(model, tok, [(q, p) for _, q, p in todo], spec, ctx.cfg.seed, g.batch_size, on_batch=save,
+                        done=len(done))
+        rows = [row for q, _ in items for row in done[q]]
         write_jsonl(d / "candidates.jsonl", rows)
-        partial.unlink(missing_ok=True)
+        shutil.rmtree(parts, ignore_errors=True)
         seconds = time.perf_counter() - t0
         ntok = sum(r["num_tokens"] for r in rows)
         finish = {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")}
         metrics = {"generate/candidates": len(rows), "generate/questions": len(items),
                    "generate/tokens": ntok, "generate/samples_per_s": round(len(rows) / max(seconds, 1e-9), 2),
                    **{f"generate/finish_{k}": v for k, v in finish.items()}}
-        return {"candidates": len(rows), "questions": len(items), "metrics": metrics}
+        return {"candidates": len(rows), "questions": len(items), "resumed_questions": len(items) - len(todo),
+                "metrics": metrics}
 
     out = ctx.cached("generate", material, [ds], build)
     print(f"generate: {out.summary['candidates']} candidates for {out.summary['questions']} questions "
