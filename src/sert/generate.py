@@ -244,7 +244,7 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         logits = out.logits[:, -1].float()
         u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
         step_tok = sample_tokens(logits, spec.top_k, spec.top_p, spec.temperature, u[rows])
-        step_lp = logits.log_softmax(-1).gather(1, step_tok[:, None]).squeeze(1)
+        step_lp = logits.gather(1, step_tok[:, None]).squeeze(1) - logits.logsumexp(-1)  # raw log p, no (rows, V) copy
         live = ~done[rows]
         tokens = torch.full((R,), eos, dtype=torch.long, device=device)
         tokens[rows[live]] = step_tok[live]
