@@ -12,6 +12,13 @@ per step and tokens are drawn by inverse CDF, so a question's samples do not dep
 questions share its batch (``batch_size`` is not part of the cache key). Left padding only changes
 logits at float-rounding level, which can in principle flip a sample whose uniform lands within ~1e-6
 of a CDF boundary; we accept that.
+
+Speed (CPU): the prompt's KV cache lives in buffers preallocated for the whole generation (no per-step
+``torch.cat``), finished rows leave the cache only once they are more than 1/16 of the batch, the warp
+takes ``torch.topk`` first (no full-vocabulary sort), the sampled token's log-prob is ``logit -
+logsumexp`` and stop strings are checked only for rows whose newest token could complete one.
+Context: each question's new-token budget is clamped to the room its prompt leaves in the model's
+context; a prompt that alone fills it is refused (``PromptTooLong``).
 """
 
 from __future__ import annotations
