@@ -88,8 +88,10 @@ def run_hf_batched(model, tok, prompts, a) -> dict:
     P = a.first_k * a.samples
     enc, top = first_tokens(model, tok, prompts, a.first_k)
     first = top.repeat_interleave(a.samples, 1).reshape(-1, 1)
-    ids = torch.cat([enc.input_ids.repeat_interleave(P, 0), first], 1)
-    mask = torch.cat([enc.attention_mask.repeat_interleave(P, 0), torch.ones_like(first)], 1)
+    keep = first[:, 0] != tok.eos_token_id  # an EOS first token is an empty path: nothing to generate (as in sert)
+    first = first[keep]
+    ids = torch.cat([enc.input_ids.repeat_interleave(P, 0)[keep], first], 1)
+    mask = torch.cat([enc.attention_mask.repeat_interleave(P, 0)[keep], torch.ones_like(first)], 1)
     torch.manual_seed(0)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=a.top_k, top_p=a.top_p,
                          temperature=1.0, max_new_tokens=a.max_new_tokens - 1, pad_token_id=tok.eos_token_id,
@@ -104,6 +106,8 @@ def run_naive(model, tok, prompts, a) -> dict:
     for prompt in prompts[:a.naive_questions]:
         ids = tok(prompt, return_tensors="pt").input_ids
         for t in torch.topk(model(ids).logits[0, -1], a.first_k).indices:
+            if t.item() == tok.eos_token_id:  # an empty path, as in sert
+                continue
             inp = torch.cat([ids, t.view(1, 1)], dim=1)
             out = model.generate(inp, attention_mask=torch.ones_like(inp), do_sample=True, top_k=a.top_k,
                                  top_p=a.top_p, temperature=1.0, max_new_tokens=a.max_new_tokens - 1,
