@@ -149,7 +149,12 @@ class _PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+        """Keep rows ``indices``, copying only the filled positions (not the unused capacity)."""
+        for name in ("kbuf", "vbuf"):
+            buf = getattr(self, name)
+            new = buf.new_empty(len(indices), *buf.shape[1:])
+            new[:, :, :self.n] = buf[indices, :, :self.n]
+            setattr(self, name, new)
         self._views()
 
 
