@@ -174,7 +174,7 @@ _STOP_TOKENS: dict[tuple, torch.Tensor] = {}
 def _stop_candidates(tok, stops: Sequence[str]) -> torch.Tensor:
     """(vocab,) bool: tokens whose text could complete a stop string (contain the last character of one,
     or decode to nothing / a partial character). Only rows that just sampled such a token are decoded."""
-    key = (id(tok), len(tok), tuple(stops))
+    key = (id(tok), getattr(tok, "name_or_path", ""), len(tok), tuple(stops))
     if key not in _STOP_TOKENS:
         lasts = {s[-1] for s in stops if s}
         texts = tok.batch_decode([[i] for i in range(len(tok))])
