@@ -167,8 +167,8 @@ def test_cli_generate_backend_ctranslate2_killed_and_resumed(csqa_files, tmp_pat
 
     p = run_cli(*common, out=tmp_path / "b", check=False, env={"SERT_KILL_AT": "ct2.question_saved:2"})
     assert p.returncode == -9
-    partial = list((tmp_path / "b" / "cache" / "generate").glob("*/candidates.partial.jsonl"))
-    assert len(partial) == 1 and len(partial[0].read_text().splitlines()) == 50
+    parts = sorted((tmp_path / "b" / "cache" / "generate").glob("*/parts/part-*.jsonl"))
+    assert [len(p.read_text().splitlines()) for p in parts] == [25, 25]  # two whole questions
     run_cli(*common, out=tmp_path / "b")
     assert (run_dirs(tmp_path / "b")[-1] / "generate" / "candidates.jsonl").read_text() == whole
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import run_cli, run_dirs
 
-from sert.generate import CANDIDATE_FIELDS, SamplingSpec, inverse_cdf, sample_batch, warp
+from sert.engine import DecodeStats
+from sert.generate import (CANDIDATE_FIELDS, PromptTooLong, SamplingSpec, inverse_cdf, sample_batch,
+                           sample_tokens, warp)
 from sert.models import load_model
 
 PROMPTS = ["Question: Where do you keep milk cold? Answer:", "Question: Is water wet? Answer:"]
@@ -34,6 +36,42 @@ def test_warp_topk_topp():
     probs = torch.tensor([[0.2, 0.0, 0.8]])
     assert inverse_cdf(probs, torch.tensor([0.1])).item() == 0
     assert inverse_cdf(probs, torch.tensor([0.5])).item() == 2
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature", [(10, 0.95, 1.0), (10, 0.5, 0.7), (3, 1.0, 1.0), (0, 0.9, 1.3)])
+def test_sample_tokens_matches_transformers_warpers(top_k, top_p, temperature):
+    """Top-k first (no full-vocabulary sort) draws exactly the tokens of the reference transformers warpers
+    (temperature -> TopK -> TopP, full softmax) with the same uniforms and the same inverse-CDF draw."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2000, 500, generator=g) * 3  # continuous values: no ties
+    u = torch.rand(2000, generator=g)
+    ref = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        ref = TopKLogitsWarper(top_k)(None, ref)
+    ref = TopPLogitsWarper(top_p)(None, ref) if top_p < 1 else ref
+    expected = inverse_cdf(ref.softmax(-1), u)
+    got = sample_tokens(logits, top_k, top_p, temperature, u)
+    assert torch.equal(got, expected)
+    assert len(set(got.tolist())) > 50  # the draws really vary
+
+
+def test_context_clamps_new_tokens_per_question():
+    model, tok = load_model("tiny", random_init={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64, "seed": 0},
+                            device="cpu")
+    lengths = [len(tok(p).input_ids) for p in PROMPTS]  # 46 and 31 byte tokens: room for 18 and 33
+    stats = DecodeStats()
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(max_new_tokens=40), seed=0, stats=stats)
+    for n, paths in zip(lengths, res):
+        assert all(p["num_tokens"] <= 64 - n for p in paths)
+        assert any(p["num_tokens"] == 64 - n and p["finish_reason"] == "length" for p in paths)
+    assert stats.clamped == 12 and stats.clamped_to == [64 - n for n in lengths]
+    alone = sample_batch(model, tok, PROMPTS[1:], ["b"], spec(max_new_tokens=40), seed=0)  # per question, not per batch
+    assert [p["token_ids"] for p in alone[0]] == [p["token_ids"] for p in res[1]]
+    with pytest.raises(PromptTooLong, match="question 'long': its generation prompt has 70 tokens but the model's "
+                                            "context is 64 positions"):
+        sample_batch(model, tok, ["x" * 70], ["long"], spec(), seed=0)
 
 
 def test_fields_shapes_and_first_tokens(tiny):
@@ -183,3 +221,35 @@ def test_smollm2_first_tokens_and_ppl():
             logp = model(ids).logits[0, :-1].log_softmax(-1)
             nll = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(pids) - 1:]
             assert p["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-3)
+
+
+def test_cli_context_clamp_refusal_and_dtype(csqa_files, tmp_path):
+    from sert.hardware import resolve_dtype
+
+    data, split = csqa_files
+    out = tmp_path / "out"
+    common = ["stage=generate", "model=tiny", f"dataset.path={data}", f"dataset.split_file={split}",
+              "generation.batch_size=3"]
+    # 600 new tokens do not fit a 160-position context: clamped per question, one warning, counted in the summary
+    p = run_cli(*common, "generation.max_new_tokens=600", "generation.stop=[]", "model.random_init.n_positions=160",
+                out=out)
+    assert "does not fit the model's 160-position context after the prompt for 3 of 3 questions (75 paths)" in p.stdout + p.stderr
+    step = _steps(run_dirs(out)[-1])["generate"]
+    assert step["summary"]["clamped_rows"] == 75 and step["summary"]["metrics"]["generate/clamped_rows"] == 75
+    assert step["summary"]["dtype"] == resolve_dtype("auto")  # the resolved dtype, not "auto"
+    cands = [json.loads(x) for x in (run_dirs(out)[-1] / "generate" / "candidates.jsonl").read_text().splitlines()]
+    assert max(c["num_tokens"] for c in cands) <= 160 - 100 and {c["finish_reason"] for c in cands} <= {"eos", "length"}
+    # a prompt that alone fills the context is refused up front, naming the question
+    p = run_cli(*common, "model.random_init.n_positions=64", out=out, check=False)
+    assert p.returncode != 0 and "its generation prompt has" in p.stderr and "context is 64 positions" in p.stderr
+    # generation.dtype: the resolved dtype is in the cache key and the summary
+    short = [*common, "generation.max_new_tokens=4"]
+    run_cli(*short, "generation.dtype=bfloat16", out=out)
+    bf16 = _steps(run_dirs(out)[-1])["generate"]
+    run_cli(*short, "generation.dtype=float32", out=out)
+    fp32 = _steps(run_dirs(out)[-1])["generate"]
+    assert bf16["summary"]["dtype"] == "bfloat16" and fp32["summary"]["dtype"] == "float32"
+    assert bf16["key"] != fp32["key"] and not fp32["cached"]
+    run_cli(*short, "generation.dtype=auto", out=out)
+    auto = _steps(run_dirs(out)[-1])["generate"]
+    assert auto["cached"] == (resolve_dtype("auto") == "float32") and auto["summary"]["dtype"] == resolve_dtype("auto")

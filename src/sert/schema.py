@@ -86,11 +86,12 @@ class GenerationConfig:
     top_k: int = 10  # III-A
     top_p: float = 0.95  # III-A
     temperature: float = 1.0
-    max_new_tokens: int = 128
+    max_new_tokens: int = 256  # paper silent; room for its reported path lengths (SERT Len 145-160)
     stop: List[str] = field(default_factory=lambda: ["Question:"])
     batch_size: int = 8  # questions per batch (x first_k*samples_per_token rows); not in the cache key
     backend: GenerationBackend = GenerationBackend.hf
     ct2_compute_type: str = "float32"  # backend=ctranslate2 only: float32 | int8 | bfloat16 (CPU must support it)
+    dtype: DType = DType.auto  # auto -> bfloat16 only where the hardware has it, else float32 (sert.hardware)
 
 
 @dataclass
