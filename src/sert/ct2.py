@@ -324,11 +324,14 @@ def decode_ct2(model_kwargs: dict, prompts: Sequence[str], *, max_new_tokens: in
     gen = _GENERATORS[key]
     ctx, eos = meta.get("context_length"), tok.eos_token_id
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    truncated = set()
     if ctx is not None:
         for i, row in enumerate(ids):
             if len(row) > ctx - min_new_tokens:
                 ids[i] = row[len(row) - (ctx - min_new_tokens):]
-                stats.truncated_prompts += 1
+                truncated.add(i)
+    # each row's own budget (as engine.decode): a short prompt batched beside a long one keeps its room
+    budget = {i: max_new_tokens if ctx is None else min(max_new_tokens, ctx - len(ids[i])) for i in range(len(ids))}
     todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
     out: list[Decoded | None] = [None] * len(prompts)
     sampling = ({"sampling_topk": top_k, "sampling_topp": top_p, "sampling_temperature": temperature}
@@ -337,33 +340,29 @@ def decode_ct2(model_kwargs: dict, prompts: Sequence[str], *, max_new_tokens: in
     bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True)
     t0 = time.perf_counter()
     for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
-        longest = max(len(ids[i]) for i in idx)
-        budget = max_new_tokens if ctx is None else min(max_new_tokens, ctx - longest)
-        if budget < max_new_tokens:
-            stats.clamped += len(idx)
-            stats.clamped_to.append(budget)
-        new: list[list[int]] = [[] for _ in idx]
-        stopped = [False] * len(idx)
-        res = gen.generate_batch([tok.convert_ids_to_tokens(ids[i]) for i in idx], max_length=max(budget, 1),
-                                 include_prompt_in_result=False, end_token=[eos], return_end_token=True,
-                                 callback=_stop_callback(tok, new, None, stopped, stop, tail), **sampling)
+        batch = todo[s:s + batch_size]
         results = []
-        for r, i in enumerate(idx):
-            row = list(res[r].sequences_ids[0])
-            n = row.index(eos) if eos in row else len(row)
-            text = tok.decode(row[:n], skip_special_tokens=True)
-            reason = "eos" if n < len(row) else "length"
-            cut = stop_cut(text, stop)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-            out[i] = Decoded(text, n, reason, len(ids[i]))
-            stats.new_tokens += n
-            results.append(out[i])
-        stats.prompts += len(idx)
+        for b in sorted({budget[i] for i in batch}):  # one generate_batch per distinct budget (max_length is per call)
+            idx = [i for i in batch if budget[i] == b]
+            new: list[list[int]] = [[] for _ in idx]
+            stopped = [False] * len(idx)
+            res = gen.generate_batch([tok.convert_ids_to_tokens(ids[i]) for i in idx], max_length=max(b, 1),
+                                     include_prompt_in_result=False, end_token=[eos], return_end_token=True,
+                                     callback=_stop_callback(tok, new, None, stopped, stop, tail), **sampling)
+            for r, i in enumerate(idx):
+                row = list(res[r].sequences_ids[0])
+                n = row.index(eos) if eos in row else len(row)
+                text = tok.decode(row[:n], skip_special_tokens=True)
+                reason = "eos" if n < len(row) else "length"
+                cut = stop_cut(text, stop)
+                if cut is not None:
+                    text, reason = text[:cut], "stop"
+                out[i] = Decoded(text, n, reason, len(ids[i]), b, i in truncated)
+                stats.count(out[i], max_new_tokens)
+        results = [out[i] for i in batch]
         if on_batch:
-            on_batch(idx, results)
-        bar.update(len(idx))
+            on_batch(batch, results)
+        bar.update(len(batch))
         bar.set_postfix(tok_s=f"{stats.new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
     bar.close()
     stats.seconds += time.perf_counter() - t0

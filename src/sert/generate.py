@@ -38,7 +38,6 @@ from transformers.cache_utils import DynamicLayer
 
 from sert import faults
 from sert.artifacts import read_jsonl, stable_hash, write_jsonl
-
 from sert.engine import DecodeStats, context_length, stop_cut
 
 log = logging.getLogger(__name__)
