@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import json
 import multiprocessing as mp
@@ -96,10 +98,15 @@ def test_two_cli_jobs_started_together_share_the_entry(tmp_path: Path, csqa_file
 def test_experiment_configs_are_global_packages():
     """Every experiment file is a `# @package _global_` override set with a comment saying what it reproduces."""
     assert EXPERIMENTS, "conf/experiment/ is empty"
+    def names_group(name: str) -> bool:  # here, or in a sibling experiment file it extends (defaults: - cpu_study)
+        text = (CONF / "experiment" / f"{name}.yaml").read_text()
+        parents = [p for p in EXPERIMENTS if re.search(rf"^\s*-\s*{re.escape(p)}\s*$", text, re.M)]
+        return "experiment_name:" in text or any(names_group(p) for p in parents)
+
     for name in EXPERIMENTS:
         text = (CONF / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_"), name
-        assert "experiment_name:" in text, f"{name}: runs of an experiment share a W&B group"
+        assert names_group(name), f"{name}: runs of an experiment share a W&B group"
 
 
 def _stages_present(*names: str) -> bool:
