@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sert.artifacts import read_json, stable_hash, write_json
-from sert.engine import Decoded, DecodeStats, stop_cut
+from sert.engine import Decoded, DecodeStats, fit_prompts, new_token_budget, stop_cut, trim_to_stop
 from sert.faults import reached
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,7 @@ def _sample_rows(gen, tok, prompt_ids: list[int], firsts: list[tuple[int, float]
 def _path(tok, row: list[int], lps: list[float], reason: str, first: int, rank: int | None, sample: int,
           stops: Sequence[str]) -> dict:
     """One path dict, exactly as ``sert.generate`` builds it (cut before the stop string, ppl over the kept tokens)."""
-    n = len(row)
-    text = tok.decode(row)
-    if reason == "stop":
-        cut = stop_cut(text, stops)
-        if cut is not None:  # keep the tokens that lie wholly before the stop string
-            while n > 0 and len(tok.decode(row[:n])) > cut:
-                n -= 1
-            text = text[:cut]
+    n, text = trim_to_stop(tok, row, stops) if reason == "stop" else (len(row), tok.decode(row))
     return {"first_token": tok.decode([first]), "first_token_rank": rank, "sample": sample, "text": text.strip(),
             "token_ids": row[:n], "num_tokens": n, "ppl": math.exp(-sum(lps[:n]) / n) if n else None,
             "finish_reason": reason}
@@ -323,15 +316,9 @@ def decode_ct2(model_kwargs: dict, prompts: Sequence[str], *, max_new_tokens: in
         _GENERATORS[key] = _generator(path, ct, seed)
     gen = _GENERATORS[key]
     ctx, eos = meta.get("context_length"), tok.eos_token_id
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    truncated = set()
-    if ctx is not None:
-        for i, row in enumerate(ids):
-            if len(row) > ctx - min_new_tokens:
-                ids[i] = row[len(row) - (ctx - min_new_tokens):]
-                truncated.add(i)
+    ids, truncated = fit_prompts(tok, prompts, ctx, min_new_tokens)
     # each row's own budget (as engine.decode): a short prompt batched beside a long one keeps its room
-    budget = {i: max_new_tokens if ctx is None else min(max_new_tokens, ctx - len(ids[i])) for i in range(len(ids))}
+    budget = {i: new_token_budget(len(ids[i]), max_new_tokens, ctx) for i in range(len(ids))}
     todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
     out: list[Decoded | None] = [None] * len(prompts)
     sampling = ({"sampling_topk": top_k, "sampling_topp": top_p, "sampling_temperature": temperature}

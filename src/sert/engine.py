@@ -70,6 +70,37 @@ def context_length(model) -> int | None:
     return None
 
 
+def fit_prompts(tok, prompts: Sequence[str], context: int | None, min_new_tokens: int = 1
+                ) -> tuple[list[list[int]], set[int]]:
+    """Token ids of each prompt, left-truncated where a prompt leaves fewer than ``min_new_tokens`` positions
+    of the context (its end, where the model continues, is kept); returns (ids, indices truncated)."""
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    truncated = set()
+    if context is not None:
+        for i, row in enumerate(ids):
+            if len(row) > context - min_new_tokens:
+                ids[i] = row[len(row) - (context - min_new_tokens):]
+                truncated.add(i)
+    return ids, truncated
+
+
+def new_token_budget(prompt_len: int, max_new_tokens: int, context: int | None) -> int:
+    """A row's own budget: ``max_new_tokens``, or the room its prompt leaves in the context (at least 1)."""
+    return max(1, max_new_tokens if context is None else min(max_new_tokens, context - prompt_len))
+
+
+def trim_to_stop(tok, row: list[int], stops: Sequence[str]) -> tuple[int, str]:
+    """(tokens kept, text) of a row that hit a stop string: the text cut before the earliest stop string and
+    the number of tokens that lie wholly before it."""
+    n, text = len(row), tok.decode(row)
+    cut = stop_cut(text, stops)
+    if cut is None:
+        return n, text
+    while n > 0 and len(tok.decode(row[:n])) > cut:
+        n -= 1
+    return n, text[:cut]
+
+
 def stop_cut(text: str, stops: Sequence[str]) -> int | None:
     """Index of the earliest stop string in ``text`` (None if none occurs)."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
@@ -93,13 +124,7 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
 
     stats = stats if stats is not None else DecodeStats()
     ctx = context_length(model)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    truncated = set()
-    if ctx is not None:
-        for i, row in enumerate(ids):
-            if len(row) > ctx - min_new_tokens:
-                ids[i] = row[len(row) - (ctx - min_new_tokens):]
-                truncated.add(i)
+    ids, truncated = fit_prompts(tok, prompts, ctx, min_new_tokens)
     todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
     out: list[Decoded | None] = [None] * len(prompts)
     bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True, mininterval=2.0)
@@ -107,7 +132,7 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
     for s in range(0, len(todo), batch_size):
         idx = todo[s:s + batch_size]
         # each row's own budget: positions are per row, so a short prompt next to a long one keeps its room
-        budgets = [max(1, max_new_tokens if ctx is None else min(max_new_tokens, ctx - len(ids[i]))) for i in idx]
+        budgets = [new_token_budget(len(ids[i]), max_new_tokens, ctx) for i in idx]
         pick = _picker(temperature, top_p, top_k, seed + s)
         rows = decode_batch(model, tok, [ids[i] for i in idx], budgets, pick, stop)
         results = []

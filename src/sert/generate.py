@@ -38,7 +38,7 @@ from transformers.cache_utils import DynamicLayer
 
 from sert import faults
 from sert.artifacts import read_jsonl, stable_hash, write_jsonl
-from sert.engine import DecodeStats, context_length, stop_cut
+from sert.engine import DecodeStats, context_length, stop_cut, trim_to_stop
 
 log = logging.getLogger(__name__)
 
@@ -300,13 +300,7 @@ def _assemble(tok, ids: torch.Tensor, logps: torch.Tensor, finish: list[str], ra
         row = ids[r].tolist()
         n = row.index(eos) if eos in row else len(row)  # EOS itself is not part of the completion
         reason = finish[r] or "length"
-        text = tok.decode(row[:n])
-        if reason == "stop":
-            cut = stop_cut(text, stops)
-            if cut is not None:  # keep the tokens that lie wholly before the stop string
-                while n > 0 and len(tok.decode(row[:n])) > cut:
-                    n -= 1
-                text = text[:cut]
+        n, text = trim_to_stop(tok, row[:n], stops) if reason == "stop" else (n, tok.decode(row[:n]))
         lp = logps[r, :n]
         ppl = float(torch.exp(-lp.mean())) if n else None
         q, p = divmod(r, P)

@@ -214,7 +214,7 @@ class Manifest:
             listener(out)
 
     def write(self) -> Path:
-        from sert.secrets import redact, redact_argv
+        from sert.redaction import redact, redact_argv
 
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {

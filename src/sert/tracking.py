@@ -140,7 +140,7 @@ class WandbLogger:
         from omegaconf import OmegaConf
 
         from sert.pipeline import choices
-        from sert.secrets import redact
+        from sert.redaction import redact
 
         self.ctx = ctx
         mode = resolve_mode(self.mode)
@@ -156,7 +156,7 @@ class WandbLogger:
         try:
             import wandb
 
-            from sert.secrets import redact_argv
+            from sert.redaction import redact_argv
 
             sys.argv = redact_argv(argv)  # W&B records the command line in the run's metadata
             self.run = wandb.init(
