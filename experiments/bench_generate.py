@@ -296,7 +296,7 @@ def markdown(rep: dict) -> str:
              f"{s['questions']} questions x {s['first_k'] * s['samples']} paths x {s['max_new_tokens']} new tokens, "
              f"top-k {s['top_k']} / top-p {s['top_p']}, no stop strings; load average "
              f"{rep['load_avg_start'][0]} at start, {rep['load_avg_end'][0]} at end", "",
-             "| method | dtype | questions | tokens | wall s | tok/s | vs HF generate fp32 | |Δ log ppl| vs fp32 | roofline |",
+             "| method | dtype | questions | tokens | wall s | tok/s | vs HF generate fp32 | mean abs Δ log ppl vs fp32 | roofline |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         mad = "—" if r["logprob_mad"] is None else f"{r['logprob_mad']:.4f}"
