@@ -383,12 +383,15 @@ def test_local_judge_chat_template_knob_model_reference_and_bad_settings(tmp_pat
     assert compose("judge=hf").judge._target_ == "sert.judge.LocalJudge"  # the former name is an alias
 
 
-def test_local_judge_ctranslate2_backend_needs_sert_ct2(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("sert.ct2") is not None:
-        pytest.skip("sert.ct2 is present: the backend is tested with it")
+def test_local_judge_ctranslate2_backend_decodes_like_torch(tmp_path):
+    """judge.backend=ctranslate2 goes through sert.ct2.decode_ct2: greedy replies equal the torch backend's."""
+    pytest.importorskip("ctranslate2")
+    from sert.engine import DecodeStats
     from sert.judge import LocalDecoder
 
-    with pytest.raises(ImportError, match="judge.backend=ctranslate2 needs sert.ct2"):
-        LocalDecoder("ctranslate2", {"name_or_path": "x"}, "int8", str(tmp_path), None)
+    spec = {"name_or_path": "tiny", "random_init": {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 128,
+                                                     "seed": 0}, "device": "cpu"}
+    prompts = ["Question: is ice cold? Response: yes", "Score for Coherence:"]
+    torch_out = LocalDecoder("torch", spec, "float32", str(tmp_path), DecodeStats()).decode(prompts, max_new_tokens=6)
+    ct2_out = LocalDecoder("ctranslate2", spec, "float32", str(tmp_path), DecodeStats()).decode(prompts, max_new_tokens=6)
+    assert [o.text for o in ct2_out] == [o.text for o in torch_out]

@@ -256,20 +256,8 @@ def needs_tokens(cands: list[dict], filter_cfg) -> bool:
         "tokens" in units and any("token_ids" not in c for c in cands))
 
 
-def model_tokenizer(m: dict):
-    """The configured model's tokenizer only (no weights), picked as ``load_model`` picks it."""
-    from sert.models import byte_tokenizer, load_tokenizer, prepare_tokenizer
-
-    trust = bool(m.get("trust_remote_code"))
-    if m.get("tokenizer"):
-        return load_tokenizer(m["tokenizer"], trust_remote_code=trust)
-    if m.get("random_init") is not None:
-        return prepare_tokenizer(byte_tokenizer())
-    return load_tokenizer(m["name_or_path"], gguf_file=m.get("gguf_file"), trust_remote_code=trust)
-
-
 def tokenizer_identity(m: dict) -> dict:
-    """What identifies ``model_tokenizer(m)`` in a cache key."""
+    """What identifies ``tokenizer_for(m)`` in a cache key."""
     if m.get("tokenizer"):
         return {"tokenizer": m["tokenizer"]}
     if m.get("random_init") is not None:
@@ -322,7 +310,9 @@ def run(ctx):
     def build(d: Path) -> dict:
         cands = read_candidates(src, tokenizable=tokenize)
         if tokenize:
-            n = add_token_ids(cands, model_tokenizer(_plain_model(ctx)))
+            from sert.models import tokenizer_for
+
+            n = add_token_ids(cands, tokenizer_for(_plain_model(ctx)))
             log.info("filter.input: tokenized %d of %d candidates with the model's tokenizer %s", n, len(cands),
                      source["tokenizer"])
         chain = [(n, instantiate(f[n], _convert_="all")) for n in order]

@@ -282,11 +282,10 @@ class LocalDecoder:
         except ImportError as e:
             raise ImportError("judge.backend=ctranslate2 needs sert.ct2 and the ctranslate2 package "
                               "(pip install 'sert[ct2]'); use judge.backend=torch otherwise") from e
-        from sert.models import load_tokenizer
+        from sert.models import tokenizer_for
 
         kw = {k: v for k, v in model_kwargs.items() if k not in ("dtype", "device")}
-        self.tok = load_tokenizer(kw.get("tokenizer") or kw["name_or_path"],
-                                  gguf_file=None if kw.get("tokenizer") else kw.get("gguf_file"))
+        self.tok = tokenizer_for(kw)
         self._decode = functools.partial(decode_ct2, kw, compute_type=compute_type, cache_dir=cache_dir)
 
     def decode(self, prompts: list[str], **kw: Any) -> list[Decoded]:

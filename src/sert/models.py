@@ -74,6 +74,16 @@ def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_rem
     return prepare_tokenizer(tok)
 
 
+def tokenizer_for(spec: dict):
+    """The tokenizer ``load_model(**spec)`` would use, without loading any weights."""
+    trust = bool(spec.get("trust_remote_code"))
+    if spec.get("tokenizer"):
+        return load_tokenizer(spec["tokenizer"], trust_remote_code=trust)
+    if spec.get("random_init") is not None:
+        return prepare_tokenizer(byte_tokenizer())
+    return load_tokenizer(spec["name_or_path"], gguf_file=spec.get("gguf_file"), trust_remote_code=trust)
+
+
 def prepare_tokenizer(tok):
     """GPT-2 has no pad token: pad with EOS (masked out by attention and labels). Left padding so
     batched generation continues right after each prompt."""

@@ -28,6 +28,7 @@ from sert import faults
 from sert.artifacts import COMPLETE, file_hash, stable_hash, write_json, write_jsonl
 from sert.data import Record
 from sert.engine import DecodeStats, context_length, decode
+from sert.models import tokenizer_for
 from sert.llm_client import (LLMClient, Request, ResponseCache, client_from_config, estimate_cost, make_request,
                              sampling_params)
 from sert.pipeline import Context, StepOutput, _plain
@@ -155,7 +156,7 @@ class LocalTeacher:
     def tokenizer(self):
         """The model's tokenizer, without loading the model (prompts are rendered before any decoding)."""
         if self._tok is None:
-            self._tok = _load_tokenizer(self.spec)
+            self._tok = tokenizer_for(self.spec)
         return self._tok
 
     def _load(self):
@@ -274,17 +275,6 @@ def local_model_spec(ref: str) -> dict:
 
 
 QWEN_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-
-
-def _load_tokenizer(spec: dict):
-    from sert.models import byte_tokenizer, load_tokenizer, prepare_tokenizer
-
-    if spec.get("tokenizer"):
-        return load_tokenizer(spec["tokenizer"], trust_remote_code=spec.get("trust_remote_code", False))
-    if spec.get("random_init") is not None:
-        return prepare_tokenizer(byte_tokenizer())
-    return load_tokenizer(spec["name_or_path"], gguf_file=spec.get("gguf_file"),
-                          trust_remote_code=spec.get("trust_remote_code", False))
 
 
 def collect_local(teacher: LocalTeacher, records: list[Record], prompts, t: dict) -> list[dict]:
