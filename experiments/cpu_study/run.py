@@ -35,7 +35,8 @@ SEEDS = [0, 1, 2]
 METHODS = ["finetune", "sert", "rd", "sert_rd"]
 # The teacher: the local Qwen 1.5B (teacher=local and the offline model config come from the teacher branch;
 # experiments/get_qwen_teacher.sh fetches the GGUF). Replace with --teacher for a smoke run.
-TEACHER = ["teacher=local", "teacher.model=qwen2.5-1.5b-instruct-offline"]
+TEACHER = ["teacher=local", "teacher.model=qwen2.5-1.5b-instruct-offline",
+           "teacher.batch_size=32"]  # batch size: speed only, not in the cache key
 SERT_PROMPT = "prompts.generate='Question: {question}. Answer:'"  # the SERT model's training prompt (II-B)
 
 
@@ -126,6 +127,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> bool:
     from sert.report import build_report, collect
 
     collect(cell_dir, results / cell.name)
+    copy_wandb_runs(cell_dir, results / cell.name)
     report, _ = build_report(results)
     ok = all(j["returncode"] == 0 for j in jobs)
     record = {"cell": cell.name, "what": cell.what, "estimated_minutes": cell.minutes, "jobs": jobs,
@@ -140,6 +142,19 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> bool:
     print(f"[cpu_study] cell {cell.name} {'done' if ok else 'NOT finished'} in {record['wall_seconds']:.0f} s; "
           f"report: {report}", flush=True)
     return ok
+
+
+def copy_wandb_runs(cell_dir: Path, dest: Path) -> None:
+    """Each job's W&B offline run (``<job>/wandb/offline-run-*``, the dashboard record: `wandb sync` uploads
+    it) next to its collected results; the newest one per job (a rerun of a finished job adds a new one)."""
+    import shutil
+
+    for job_dir in sorted(p for p in cell_dir.iterdir() if p.is_dir()):
+        runs = sorted((job_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+        if runs:
+            target = dest / job_dir.name / "wandb" / runs[-1].name
+            if not target.exists():
+                shutil.copytree(runs[-1], target, ignore=shutil.ignore_patterns("*.log", "tmp", "cache"))
 
 
 def done(cell: Cell, results: Path) -> bool:
