@@ -47,7 +47,7 @@ TOTALS = "sert_totals.json"  # running totals inside every checkpoint (both trai
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """``trainer.precision`` -> fp32 | bf16 | fp16 for ``device``: ``auto`` is bf16 autocast only where
     bf16 is hardware-accelerated (``sert.hardware.bf16_fast``), else fp32. fp16 needs a CUDA GPU."""
-    precision = _value(precision)
+    precision = enum_value(precision)
     if precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
@@ -97,7 +97,7 @@ class BaseTrainer:
 
     def __init__(self, config: TrainerConfig | None = None, **overrides: Any):
         cfg = replace(config or self.config_class(), **overrides)
-        precision, loss_on = _value(cfg.precision), _value(cfg.loss_on)
+        precision, loss_on = enum_value(cfg.precision), enum_value(cfg.loss_on)
         if precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if loss_on not in tuple(v.value for v in LossOn):
@@ -206,7 +206,7 @@ class BaseTrainer:
         return final
 
 
-def _value(v: Any) -> Any:
+def enum_value(v: Any) -> Any:
     return getattr(v, "value", v)  # an Enum member -> its string
 
 

@@ -21,7 +21,6 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -32,13 +31,12 @@ from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
 from sert.pipeline import Context, Dataset, StepOutput
-from sert.training.base import BaseTrainer, resolve_precision
+from sert.training.base import BaseTrainer, enum_value, resolve_precision
 from sert.training.config import NON_RESULT_KNOBS
 from sert.training.data import Example
 
 log = logging.getLogger(__name__)
 
-TRAINING_STEPS = ("self_train", "distill", "finetune")
 INFO = "training_info.json"
 SUMMARY = "train_summary.json"
 # The trainers' targets before they moved into sert.training: cache keys hold the old names, so entries
@@ -69,7 +67,7 @@ def trainer_material(ctx: Context) -> dict:
     """The trainer config that determines the trained weights (logging/saving knobs left out), with
     ``precision`` resolved for the run's device and ``max_grad_norm`` null written as 0 (both: no clipping)."""
     config = OmegaConf.to_object(ctx.cfg.trainer)
-    material = {k: _value(v) for k, v in vars(config).items() if k not in NON_RESULT_KNOBS}
+    material = {k: enum_value(v) for k, v in vars(config).items() if k not in NON_RESULT_KNOBS}
     material["_target_"] = KEYED_TARGETS.get(material["_target_"], material["_target_"])
     material["precision"] = resolve_precision(material["precision"], resolve_device(ctx.cfg.device))
     material["max_grad_norm"] = float(material["max_grad_norm"] or 0.0)
@@ -142,7 +140,3 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
     print(f"{step}: {s.get('examples')} examples, {s.get('steps')} steps, loss {s.get('train_loss')}, "
           f"{s.get('tokens_per_s')} tok/s -> {out.path('model')}")
     return out
-
-
-def _value(v):
-    return v.value if isinstance(v, Enum) else v
