@@ -35,8 +35,9 @@ from sert import hardware  # noqa: E402
 from sert.data import make_record  # noqa: E402
 from sert.models import load_model, model_spec  # noqa: E402
 from sert.prompts import Prompts  # noqa: E402
-from sert.train import CountingTrainer, HFTrainer  # noqa: E402
-from sert.training_data import Example, PadCollator, tokenize_examples  # noqa: E402
+from sert.training._counting import CountingTrainer  # noqa: E402
+from sert.training.data import Example, PadCollator, tokenize_examples  # noqa: E402
+from sert.training.sft import HFTrainer  # noqa: E402
 
 
 def examples(path: Path, n: int) -> list[Example]:

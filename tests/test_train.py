@@ -4,19 +4,23 @@ kill, the self_train / distill / finetune steps end to end on the tiny model, ca
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from conftest import CSQA_ROWS, SHARED, compose, run_cli, run_dirs
 from sert.artifacts import read_json, read_jsonl
 from sert.hardware import bf16_fast
 from sert.models import byte_tokenizer, load_model
-from sert.pipeline import Context, StepOutput, _plain
-from sert.train import HFTrainer, LoopTrainer
-from sert.training_data import IGNORE, Example, PadCollator, length_grouped_batches, tokenize_example
+from sert.pipeline import Context, StepOutput
+from sert.training.config import TrainerConfig
+from sert.training.data import IGNORE, Example, PadCollator, length_grouped_batches, tokenize_example
+from sert.training.loop import LoopTrainer
+from sert.training.sft import HFTrainer
 
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 256, "seed": 0}
 EXAMPLES = [Example(f"Question: what is {i} plus one? Answer:", f" {i} and one. So the answer is {i + 1}.")
@@ -111,17 +115,53 @@ def test_trainer_lowers_loss_and_reports_throughput(cls, tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # keep_checkpoints=false
 
 
-def test_trainer_config_matches_both_signatures():
-    """Every trainer option's keys are arguments of its target (torchtune's cheap config check)."""
-    import inspect
+def test_trainer_options_build_their_target_from_the_typed_config():
+    """Each trainer option composes to a TrainerConfig (the single source of defaults: the YAML only
+    selects and overrides) and the training step instantiates its ``_target_`` with it."""
+    from sert.training.config import TrainerConfig
+    from sert.training.steps import make_trainer
 
-    for option in ("sft", "loop"):
-        cfg = _plain(compose(f"trainer={option}").trainer)
-        target = instantiate({"_target_": "hydra.utils.get_class", "path": cfg.pop("_target_")})
-        params = inspect.signature(target.__init__).parameters
-        assert set(cfg) <= set(params), set(cfg) - set(params)
-    assert isinstance(instantiate(_plain(compose("trainer=loop").trainer)), LoopTrainer)
-    assert isinstance(instantiate(_plain(compose().trainer)), HFTrainer)
+    for option, cls in (("sft", HFTrainer), ("loop", LoopTrainer)):
+        trainer = make_trainer(SimpleNamespace(cfg=compose(f"trainer={option}", "trainer.lr=1e-3")))
+        assert type(trainer) is cls and trainer.name == option and trainer.config.lr == 1e-3
+        assert trainer.config.batch_size == TrainerConfig.batch_size == 8  # III-A, declared once
+    with pytest.raises(TypeError):
+        LoopTrainer(lrr=1e-3)  # keyword overrides are checked against the dataclass too
+
+
+@dataclass
+class FancyConfig(TrainerConfig):
+    _target_: str = f"{__name__}.FancyTrainer"
+    fancy_knob: int = 3
+
+
+class FancyTrainer(LoopTrainer):
+    config_class = FancyConfig
+
+
+def test_a_new_trainer_is_one_class_and_one_yaml(tmp_path):
+    """A trainer with a knob of its own: a TrainerConfig subclass next to its class + a YAML naming both;
+    its knob is typed at composition (a typo fails there) and reaches the trainer."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from sert.cli import CONF_DIR
+    from sert.training.config import register
+    from sert.training.steps import make_trainer
+
+    register()  # what `sert` does at start (sert.schema.register): stores FancyConfig as trainer/schema/FancyConfig
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "trainer" / "fancy.yaml").write_text(
+        "defaults:\n  - schema/FancyConfig@_here_\n  - loop\n  - _self_\n"
+        f"_target_: {__name__}.FancyTrainer\nname: fancy\nfancy_knob: 5\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["trainer=fancy", "trainer.max_steps=2"])
+        with pytest.raises(ConfigCompositionException):
+            hydra_compose(config_name="config", overrides=["trainer=fancy", "trainer.fancy_knobb=1"])
+    trainer = make_trainer(SimpleNamespace(cfg=cfg))
+    assert type(trainer) is FancyTrainer and trainer.config.fancy_knob == 5 and trainer.config.max_steps == 2
 
 
 # ----------------------------------------------------------------------------- steps, in process
@@ -158,7 +198,7 @@ def teacher_rows() -> list[dict]:
 
 
 def test_self_train_step_trains_on_selected_paths(tmp_path, csqa_files):
-    from sert import self_train
+    from sert.training.steps import self_train
 
     ctx = make_ctx(tmp_path, csqa_files)
     inject(ctx, "filter", "selected.jsonl", selected_rows())
@@ -180,7 +220,8 @@ def test_self_train_step_trains_on_selected_paths(tmp_path, csqa_files):
 
 @pytest.mark.parametrize("init", ["base", "sert"])
 def test_distill_step_from_base_or_sert(tmp_path, csqa_files, init):
-    from sert import distill, evaluate
+    from sert import evaluate
+    from sert.training.steps import distill
 
     ctx = make_ctx(tmp_path, csqa_files, f"stage={'rd' if init == 'base' else 'sert_rd'}")
     inject(ctx, "teacher", "teacher.jsonl", teacher_rows())
@@ -202,7 +243,7 @@ def test_distill_step_from_base_or_sert(tmp_path, csqa_files, init):
 
 def test_distill_without_teacher_data_or_key_fails_clearly(tmp_path, csqa_files, monkeypatch):
     """No teacher.input and no API key: the teacher step it pulls stops with a message about the key."""
-    from sert import distill
+    from sert.training.steps import distill
     from sert.llm_client import FatalAPIError
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -212,7 +253,7 @@ def test_distill_without_teacher_data_or_key_fails_clearly(tmp_path, csqa_files,
 
 
 def test_bad_upstream_row_names_file_and_line(tmp_path, csqa_files):
-    from sert import self_train
+    from sert.training.steps import self_train
     from sert.data import DataError
 
     ctx = make_ctx(tmp_path, csqa_files)
@@ -224,7 +265,7 @@ def test_bad_upstream_row_names_file_and_line(tmp_path, csqa_files):
 
 
 def test_finetune_step_label_only(tmp_path, csqa_files):
-    from sert import finetune
+    from sert.training.steps import finetune
 
     out = finetune.run(make_ctx(tmp_path, csqa_files, "trainer=loop"))
     data = read_jsonl(out.path("train_data.jsonl"))
@@ -283,7 +324,7 @@ def test_max_grad_norm_zero_or_null_means_no_clipping(cls, tmp_path):
 
 
 def test_precision_resolves_at_run_time_and_fp16_needs_cuda():
-    from sert.train import resolve_precision
+    from sert.training.base import resolve_precision
 
     assert resolve_precision("auto", "cpu") == ("bf16" if bf16_fast("cpu") else "fp32")
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
@@ -294,7 +335,7 @@ def test_precision_resolves_at_run_time_and_fp16_needs_cuda():
 
 
 def test_cache_key_holds_the_resolved_precision(tmp_path, csqa_files):
-    from sert.train_steps import trainer_material
+    from sert.training.steps import trainer_material
 
     auto = trainer_material(make_ctx(tmp_path, csqa_files))
     assert auto["precision"] == ("bf16" if bf16_fast("cpu") else "fp32")

@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 from conftest import CSQA_ROWS, run_cli, run_dirs
 from sert.artifacts import read_json
 from sert.models import load_model
-from sert.train import TOTALS, HFTrainer, LoopTrainer
-from sert.training_data import Example
+from sert.training.base import TOTALS
+from sert.training.data import Example
+from sert.training.loop import LoopTrainer
+from sert.training.sft import HFTrainer
 
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 256, "seed": 0}
 EXAMPLES = [Example(f"Question: what is {i} plus one? Answer:", f" {i} and one. So the answer is {i + 1}.")

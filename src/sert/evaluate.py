@@ -2,8 +2,9 @@
 Acc / Fmt / Len / Rep.
 
 Which model: ``evaluate.checkpoint`` (a checkpoint dir, or a training cache entry holding ``model/``),
-else the model this run just trained (the last of ``self_train`` / ``distill`` / ``finetune`` in the
-run), else the base model (zero-shot).
+else the one the stage declares, ``stage.evaluate_model``: the ``model/`` of that training step
+(``self_train`` / ``distill`` / ``finetune``, run or reused from the cache if this run has not yet), or
+``base``, the base model (zero-shot).
 
 Which prompt: the prompt part of the format the checkpoint was trained on (``model/training_info.json``),
 so the model continues exactly where its training text went on:
@@ -38,7 +39,8 @@ from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenien
                           is_well_formatted, split_reasoning)
 from sert.models import load_model, resolve_device
 from sert.pipeline import Context, StepOutput, _enum
-from sert.train_steps import TRAINING_STEPS, training_info
+from sert.schema import EvaluateModel
+from sert.training.steps import training_info
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,12 @@ def resolve_checkpoint(ctx: Context) -> tuple[Path | None, str, dict, list[StepO
         ident = {"checkpoint": str(model_dir), "weights": [file_hash(w) for w in weights]}
         info = training_info(model_dir)
         return model_dir, ecfg.format or (info or {}).get("format") or "self_train", ident, []
-    trained = [o for s, o in ctx.outputs.items() if s in TRAINING_STEPS]
-    if trained:
-        out = trained[-1]
-        info = training_info(out.dir / "model") or {}
-        return out.dir / "model", ecfg.format or info.get("format", "self_train"), {"step": out.step}, [out]
-    return None, ecfg.format or "self_train", {"base": ctx.model_identity()}, []
+    source = EvaluateModel(ctx.cfg.stage.evaluate_model)
+    if source is EvaluateModel.base:
+        return None, ecfg.format or "self_train", {"base": ctx.model_identity()}, []
+    out = ctx.require(source.value)
+    info = training_info(out.dir / "model") or {}
+    return out.dir / "model", ecfg.format or info.get("format", "self_train"), {"step": out.step}, [out]
 
 
 def prompt_for(prompts, fmt: str, rec: Record) -> str:

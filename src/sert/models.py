@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from sert.hardware import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -143,7 +143,8 @@ def load_model(
 
 def drop_quantization(model) -> None:
     """A GGUF-loaded model is dequantised to plain float weights on load but still carries its
-    quantizer, which blocks training ("purely quantized models") and ``save_pretrained``: drop it."""
+    quantizer, which blocks training ("purely quantized models") and ``save_pretrained``: drop it.
+    Called on load, before training (``sert.training.base``) and on save; a no-op for other models."""
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     for attr, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):

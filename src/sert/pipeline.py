@@ -39,9 +39,9 @@ STEPS: dict[str, str] = {
     "filter": "sert.filters",
     "teacher": "sert.teacher",
     "judge": "sert.judge",
-    "self_train": "sert.self_train",
-    "distill": "sert.distill",
-    "finetune": "sert.finetune",
+    "self_train": "sert.training.steps.self_train",
+    "distill": "sert.training.steps.distill",
+    "finetune": "sert.training.steps.finetune",
     "evaluate": "sert.evaluate",
 }
 
@@ -166,13 +166,15 @@ class Context:
 class Pipeline:
     """A stage: runs its steps in order (each pulling its own dependencies)."""
 
-    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = (), distill_init: str = "base"):
+    def __init__(self, name: str, steps: list[str], extra_steps: list[str] = (), distill_init: str = "base",
+                 evaluate_model: str = "base"):
         steps = [*steps, *(s for s in extra_steps if s not in steps)]  # e.g. a method stage + the judge
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ValueError(f"stage {name!r}: unknown steps {unknown}; known: {', '.join(sorted(STEPS))}")
         self.name, self.steps = name, list(steps)
         self.distill_init = distill_init  # base | sert: read by the distill step (stage.distill_init)
+        self.evaluate_model = evaluate_model  # read by the evaluate step (stage.evaluate_model)
 
     def __call__(self, ctx: Context) -> dict[str, StepOutput]:
         for step in self.steps:

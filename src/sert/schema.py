@@ -15,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from sert.prompts import Prompts
+from sert.training import config as training_config
+from sert.training.config import TrainerConfig
 
 
 class OnError(str, Enum):
@@ -58,6 +60,15 @@ class DistillInit(str, Enum):
     sert = "sert"  # SERT+RD: distil into the self-trained (SERT) checkpoint
 
 
+class EvaluateModel(str, Enum):
+    """The model the evaluate step reads: the output of one training step of the run, or the base model."""
+
+    base = "base"  # zero-shot: the base model (stage=evaluate)
+    self_train = "self_train"  # SERT (stage=sert)
+    distill = "distill"  # RD, SERT+RD (stage=rd, sert_rd)
+    finetune = "finetune"  # Finetune (stage=finetune)
+
+
 @dataclass
 class StageConfig:
     _target_: str = "sert.pipeline.Pipeline"
@@ -65,6 +76,8 @@ class StageConfig:
     steps: List[str] = MISSING
     extra_steps: List[str] = field(default_factory=list)  # appended to any stage: stage.extra_steps=[judge]
     distill_init: DistillInit = DistillInit.base  # the distill step's starting weights (stage rd vs sert_rd)
+    # the step whose model/ the evaluate step reads (runs it if needed); evaluate.checkpoint=DIR overrides
+    evaluate_model: EvaluateModel = EvaluateModel.base
 
 
 class GenerationMode(str, Enum):
@@ -145,59 +158,13 @@ class FilterConfig:
     selector: SelectorConfig = field(default_factory=SelectorConfig)
 
 
-class Precision(str, Enum):
-    auto = "auto"  # bf16 autocast where sert.hardware.bf16_fast(device), else fp32 (resolved at run time)
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class LossOn(str, Enum):
-    answer = "answer"  # loss on the completion only (labels -100 over the prompt tokens)
-    all = "all"  # loss on every token, prompt included
-
-
-@dataclass
-class TrainerConfig:
-    """Supervised fine-tuning (paper II-B, II-C2; III-A settings). Read by ``sert.train``."""
-
-    _target_: str = "sert.train.HFTrainer"
-    name: str = "sft"
-    epochs: float = 20.0  # III-A
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8  # III-A (per device)
-    lr: float = 3e-4  # III-A (Adam)
-    optimizer: str = "adamw_torch"  # with weight_decay 0 this is Adam
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine
-    warmup_ratio: float = 0.0
-    max_grad_norm: Optional[float] = 1.0  # 0 or null: no clipping
-    grad_accum: int = 1
-    max_length: int = 1024
-    precision: Precision = Precision.auto  # fp16 only on CUDA
-    loss_on: LossOn = LossOn.answer
-    group_by_length: bool = True
-    eval_fraction: float = 0.0
-    eval_strategy: str = "no"  # no | steps | epoch
-    eval_steps: int = 500
-    save_strategy: str = "epoch"  # no | steps | epoch
-    save_steps: int = 500
-    save_total_limit: Optional[int] = 1
-    keep_checkpoints: bool = False
-    checkpoint_optimizer: bool = True  # false: weights-only checkpoints (1x model, resume restarts Adam: inexact)
-    logging_steps: int = 10
-    report_to: str = "none"
-
-
 @dataclass
 class EvaluateConfig:
     """Greedy decoding on the test split + Acc/Fmt/Len/Rep (paper III-D). Read by ``sert.evaluate``."""
 
     split: str = "test"
     limit: Optional[int] = None
-    checkpoint: Optional[str] = None  # null = the model this run just trained (else the base model)
+    checkpoint: Optional[str] = None  # null = the model stage.evaluate_model names (a training step or base)
     format: Optional[str] = None  # null = by the training step | self_train | distill | label_only
     max_new_tokens: int = 512
     label_only_max_new_tokens: int = 32
@@ -319,3 +286,4 @@ class Config:
 
 def register() -> None:
     ConfigStore.instance().store(name="sert_schema", node=Config)
+    training_config.register()  # trainer/schema/<Class>: the dataclasses of trainers with knobs of their own

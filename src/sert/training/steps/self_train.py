@@ -9,11 +9,12 @@ from __future__ import annotations
 from sert.artifacts import read_jsonl
 from sert.filters import NoPathsError, explain_no_paths
 from sert.pipeline import Context, StepOutput
-from sert.train_steps import records_from_rows, train_step
-from sert.training_data import Example
+from sert.training.data import Example
+from sert.training.steps import TrainingData, records_from_rows, train_step
 
 
-def run(ctx: Context) -> StepOutput:
+def source(ctx: Context) -> TrainingData:
+    """The filtered latent reasoning paths."""
     selected = ctx.require("filter")
     path = selected.path("selected.jsonl")
     pairs = records_from_rows(read_jsonl(path), path)
@@ -24,4 +25,8 @@ def run(ctx: Context) -> StepOutput:
         raise NoPathsError(explain_no_paths(funnel, ctx.cfg.filter) if funnel and not pairs else
                            f"no reasoning paths to self-train on: {path} has {len(pairs)} rows"
                            + (", none with text" if pairs else ""))
-    return train_step(ctx, "self_train", "self_train", examples, [selected])
+    return TrainingData("self_train", examples, [selected])
+
+
+def run(ctx: Context) -> StepOutput:
+    return train_step(ctx, "self_train", source)

@@ -1,5 +1,5 @@
-"""Training examples as token ids: prompt masking at data preparation, a padding-only collator, and
-length-grouped batches.
+"""The SFT example builder: training examples as token ids, prompt masking at data preparation, a
+padding-only collator (dynamic padding) and length-grouped batches.
 
 The SFT convention (TRL): an example is ``(prompt, completion)``; the text trained on is
 ``prompt + completion + EOS``. With ``loss_on="answer"`` the labels are -100 over the prompt tokens, so

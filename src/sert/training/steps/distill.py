@@ -12,20 +12,25 @@ from __future__ import annotations
 import logging
 
 from sert.artifacts import read_jsonl
-from sert.pipeline import Context, StepOutput, _enum
-from sert.train_steps import records_from_rows, train_step
-from sert.training_data import Example
+from sert.pipeline import Context, StepOutput
+from sert.schema import DistillInit
+from sert.training.data import Example
+from sert.training.steps import TrainingData, records_from_rows, train_step
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: Context) -> StepOutput:
+def source(ctx: Context) -> TrainingData:
+    """The teacher's rationales (correct answers only), into the base model or the SERT checkpoint."""
     teacher = ctx.require("teacher")
     path = teacher.path("teacher.jsonl")
     pairs = records_from_rows(read_jsonl(path), path)
     kept = [(rec, row) for rec, row in pairs if row.get("correct") is not False and (row.get("reasoning") or "").strip()]
     log.info("distill: %d of %d teacher rows kept (correct, non-empty reasoning)", len(kept), len(pairs))
     examples = [Example(*ctx.prompts.training_pair("distill", rec, row["reasoning"])) for rec, row in kept]
-    init_from = str(_enum(ctx.cfg.stage.get("distill_init", "base")))
-    init = ctx.require("self_train") if init_from == "sert" else None
-    return train_step(ctx, "distill", "distill", examples, [teacher], init=init)
+    init = ctx.require("self_train") if DistillInit(ctx.cfg.stage.distill_init) is DistillInit.sert else None
+    return TrainingData("distill", examples, [teacher], init=init)
+
+
+def run(ctx: Context) -> StepOutput:
+    return train_step(ctx, "distill", source)

@@ -1,5 +1,6 @@
-"""What the three training steps (``self_train``, ``distill``, ``finetune``) share: building the
-trainer from config, the cache key, loading the starting weights, saving ``model/``.
+"""The three training steps (``self_train``, ``distill``, ``finetune``) are one step function,
+``train_step(ctx, step, source)``, parameterised by where the examples come from: each step's module
+(``sert.training.steps.<step>``) holds its ``source(ctx) -> TrainingData`` and ``run(ctx)``.
 
 Output of each: the cache entry ``<cache>/<step>/<key>/`` with ``model/`` (a HF checkpoint, loadable
 by ``sert.models.load_model``; ``model/training_info.json`` names the output format the evaluate step
@@ -18,36 +19,58 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sert import faults
 from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
-from sert.pipeline import Context, Dataset, StepOutput, _plain
-from sert.train import NON_RESULT_KNOBS, BaseTrainer, resolve_precision
-from sert.training_data import Example
+from sert.pipeline import Context, Dataset, StepOutput
+from sert.training.base import BaseTrainer, enum_value, resolve_precision
+from sert.training.config import NON_RESULT_KNOBS
+from sert.training.data import Example
 
 log = logging.getLogger(__name__)
 
-TRAINING_STEPS = ("self_train", "distill", "finetune")
 INFO = "training_info.json"
 SUMMARY = "train_summary.json"
+# The trainers' targets before they moved into sert.training: cache keys hold the old names, so entries
+# trained before the move stay valid (a new trainer's target is used as it is).
+KEYED_TARGETS = {"sert.training.sft.HFTrainer": "sert.train.HFTrainer",
+                 "sert.training.loop.LoopTrainer": "sert.train.LoopTrainer"}
+
+
+@dataclass
+class TrainingData:
+    """What a step trains on: ``examples`` rendered in ``format`` (a ``Prompts`` field), the upstream
+    outputs they came from (cache-key inputs) and the starting weights (None: the base model)."""
+
+    format: str
+    examples: list[Example]
+    inputs: list[StepOutput | Dataset] = field(default_factory=list)
+    init: StepOutput | None = None
 
 
 def make_trainer(ctx: Context) -> BaseTrainer:
-    log.info("Instantiating trainer <%s>", ctx.cfg.trainer._target_)
-    return instantiate(_plain(ctx.cfg.trainer))
+    """The configured trainer, built from its typed config (``TrainerConfig`` or a trainer's subclass)."""
+    config = OmegaConf.to_object(ctx.cfg.trainer)
+    log.info("Instantiating trainer <%s>", config._target_)
+    return instantiate({"_target_": config._target_}, config)
 
 
 def trainer_material(ctx: Context) -> dict:
     """The trainer config that determines the trained weights (logging/saving knobs left out), with
     ``precision`` resolved for the run's device and ``max_grad_norm`` null written as 0 (both: no clipping)."""
-    material = {k: v for k, v in _plain(ctx.cfg.trainer).items() if k not in NON_RESULT_KNOBS}
-    material["precision"] = resolve_precision(material.get("precision", "auto"), resolve_device(ctx.cfg.device))
-    material["max_grad_norm"] = float(material.get("max_grad_norm") or 0.0)
+    config = OmegaConf.to_object(ctx.cfg.trainer)
+    material = {k: enum_value(v) for k, v in vars(config).items() if k not in NON_RESULT_KNOBS}
+    material["_target_"] = KEYED_TARGETS.get(material["_target_"], material["_target_"])
+    material["precision"] = resolve_precision(material["precision"], resolve_device(ctx.cfg.device))
+    material["max_grad_norm"] = float(material["max_grad_norm"] or 0.0)
     return material
 
 
@@ -79,9 +102,10 @@ def save_final_model(model, tok, out: Path, info: dict) -> Path:
     return out
 
 
-def train_step(ctx: Context, step: str, fmt: str, examples: list[Example], inputs: list[StepOutput | Dataset],
-               init: StepOutput | None = None) -> StepOutput:
-    """Train the base model (or ``init``'s checkpoint) on ``examples`` through the stage cache."""
+def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData]) -> StepOutput:
+    """Train the base model (or ``data.init``'s checkpoint) on ``source(ctx)`` through the stage cache."""
+    data = source(ctx)
+    fmt, examples, init = data.format, data.examples, data.init
     if not examples:
         raise ValueError(f"{step}: no training examples")
     p = ctx.prompts
@@ -90,6 +114,7 @@ def train_step(ctx: Context, step: str, fmt: str, examples: list[Example], input
         "template": {"text": getattr(p, fmt), "answer_choice": p.answer_choice, "answer_binary": p.answer_binary},
         "init": ctx.model_identity() if init is None else {"step": init.step},
     }
+    info = {"step": step, "format": fmt, "init": init.step if init else "base"}
 
     def build(d: Path) -> dict:
         write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
@@ -104,13 +129,13 @@ def train_step(ctx: Context, step: str, fmt: str, examples: list[Example], input
                 model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device)
             summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
             write_json(d / SUMMARY, summary)
-            save_final_model(model, tok, d / "model", {"step": step, "format": fmt, "init": init.step if init else "base"})
+            save_final_model(model, tok, d / "model", info)
             faults.reached("train.model_saved")
         trainer.drop_checkpoints(d)  # only now: the final model is on disk
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
-        return {**summary, "format": fmt, "init": init.step if init else "base", "metrics": metrics}
+        return {**summary, "format": fmt, "init": info["init"], "metrics": metrics}
 
-    out = ctx.cached(step, material, [*inputs, *([init] if init else [])], build)
+    out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build)
     s = out.summary
     print(f"{step}: {s.get('examples')} examples, {s.get('steps')} steps, loss {s.get('train_loss')}, "
           f"{s.get('tokens_per_s')} tok/s -> {out.path('model')}")

@@ -1,0 +1,88 @@
+"""transformers' ``Trainer`` that keeps sert's running totals across resumes and writes each checkpoint
+atomically (used by ``sert.training.sft.HFTrainer``; private so that config composition, which imports
+the trainer modules, does not import transformers' Trainer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from sert import faults
+from sert.artifacts import write_json
+from sert.training.base import TOTALS, Totals
+
+log = logging.getLogger(__name__)
+
+
+class CountingTrainer(Trainer):
+    """transformers' Trainer that keeps sert's running totals (loss, real/padded tokens, seconds) across
+    resumes and writes each checkpoint atomically (staging directory, then rename)."""
+
+    prior = Totals()
+    checkpoint_optimizer = True
+    session_start = 0.0
+    real_tokens = padded_tokens = 0  # this session
+    loss_sum = 0.0  # this session: sum of the per-micro-batch losses (each already divided for accumulation)
+    publish = None  # set by HFTrainer: move a staged checkpoint into place and rotate
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.real_tokens += int(inputs["attention_mask"].sum())
+        self.padded_tokens += inputs["input_ids"].numel()
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.loss_sum += float(loss)
+        return loss
+
+    def totals(self) -> Totals:
+        """The whole run's totals so far (the prior sessions' from the checkpoint + this session)."""
+        p = self.prior
+        return Totals(steps=self.state.global_step, loss_sum=p.loss_sum + self.loss_sum,
+                      real_tokens=p.real_tokens + self.real_tokens, padded_tokens=p.padded_tokens + self.padded_tokens,
+                      seconds=p.seconds + time.perf_counter() - self.session_start)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "train_loss" in logs:  # the end-of-training record: whole run, not just this session
+            t = self.totals()
+            logs["train_loss"] = t.loss_sum / max(t.steps, 1)
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.args.world_size > 1 or self.publish is None:  # every rank writes its own files: in place
+            super()._save_checkpoint(model, trial)
+            out = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                write_json(out / TOTALS, {**asdict(self.totals()), "optimizer": self.checkpoint_optimizer})
+            return
+        root = self.args.output_dir
+        staging = Path(root) / f".staging-{self.state.global_step}"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = root
+        staged = staging / f"checkpoint-{self.state.global_step}"
+        write_json(staged / TOTALS, {**asdict(self.totals()), "optimizer": self.checkpoint_optimizer})
+        self.publish(staged)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.checkpoint_optimizer:
+            super()._save_optimizer_and_scheduler(output_dir)
+        else:  # weights-only checkpoints: the schedule's position is tiny, keep it
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+        faults.reached("train.checkpoint_writing")  # weights written, trainer_state.json not yet
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        log.warning("checkpoint %s has no optimizer state (trainer.checkpoint_optimizer=false): the optimizer "
+                    "moments restart, so this resume is not exact", checkpoint)
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+        for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            group["lr"] = lr

@@ -1,0 +1,85 @@
+"""``trainer=sft`` (default): supervised fine-tuning with transformers' ``Trainer``.
+
+Dynamic padding (``PadCollator``) + length-grouped batches, checkpoints in ``out_dir/checkpoints`` resumed
+on rerun, multi-GPU through ``accelerate launch -m sert ...`` / ``torchrun -m sert ...`` with no code change.
+The ``Trainer`` subclass that keeps sert's running totals lives in ``sert.training._counting`` (imported
+when training starts, so composing a config does not import transformers' Trainer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from sert.artifacts import read_json, write_json
+from sert.training.base import TOTALS, BaseTrainer, Totals, load_problem, pad_id
+from sert.training.data import PadCollator, Tokenized
+
+log = logging.getLogger(__name__)
+
+
+class HFTrainer(BaseTrainer):
+    """transformers' Trainer with a padding-only collator and length-grouped sampling."""
+
+    def training_arguments(self, ckpt_dir: Path, seed: int, use_cpu: bool, has_eval: bool):
+        from transformers import TrainingArguments
+
+        c = self.config
+        precision = self.resolved_precision if self.resolved_precision in ("fp32", "bf16", "fp16") else "fp32"
+        return TrainingArguments(
+            output_dir=str(ckpt_dir),
+            num_train_epochs=c.epochs, max_steps=c.max_steps,
+            per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
+            gradient_accumulation_steps=c.grad_accum,
+            learning_rate=c.lr, optim=c.optimizer, weight_decay=c.weight_decay,
+            adam_beta1=c.adam_beta1, adam_beta2=c.adam_beta2,
+            lr_scheduler_type=c.lr_scheduler, warmup_steps=float(c.warmup_ratio), max_grad_norm=c.max_grad_norm,
+            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
+            train_sampling_strategy="group_by_length" if c.group_by_length else "random",
+            eval_strategy=c.eval_strategy if has_eval else "no", eval_steps=c.eval_steps,
+            save_strategy=c.save_strategy, save_steps=c.save_steps, save_total_limit=c.save_total_limit,
+            logging_steps=c.logging_steps, report_to=c.report_to,
+            include_num_input_tokens_seen="non_padding",
+            seed=seed, data_seed=seed, dataloader_num_workers=0, remove_unused_columns=False,
+        )
+
+    def problem(self, ckpt: Path) -> str | None:
+        why = load_problem(ckpt / TOTALS) or load_problem(ckpt / "trainer_state.json")
+        if why:
+            return why
+        weights = sorted(ckpt.glob("*.safetensors")) or sorted(ckpt.glob("pytorch_model*.bin"))
+        if not weights:
+            return "no model weights"
+        needed = [ckpt / "scheduler.pt", *weights]
+        needed += sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
+        if read_json(ckpt / TOTALS).get("optimizer", True):
+            needed.append(ckpt / "optimizer.pt")
+        for path in needed:
+            why = load_problem(path)
+            if why:
+                return why
+        return None
+
+    def _fit(self, model, tokenizer, train: Tokenized, held: Tokenized | None, ckpt_dir: Path, seed: int) -> dict:
+        from sert.training._counting import CountingTrainer
+
+        use_cpu = next(model.parameters()).device.type == "cpu"
+        args = self.training_arguments(ckpt_dir, seed, use_cpu, held is not None)
+        trainer = CountingTrainer(model=model, args=args, data_collator=PadCollator(pad_id(tokenizer)),
+                                  train_dataset=train.rows, eval_dataset=held.rows if held else None,
+                                  processing_class=tokenizer, callbacks=list(self.callbacks))
+        trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
+        trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
+        last = self.last_complete(ckpt_dir)
+        if last:
+            trainer.prior = Totals.load(last)
+            log.info("resuming training from %s (step %d)", last, trainer.prior.steps)
+        trainer.session_start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+        state = trainer.state
+        write_json(ckpt_dir.parent / "log_history.json", state.log_history)
+        totals = trainer.totals()
+        steps_per_epoch = state.global_step / state.epoch if state.epoch else 1
+        return {**totals.summary(steps_per_epoch), "epochs": round(state.epoch or 0, 3),
+                "resumed_from": last.name if last else None, "tokens_total": state.num_input_tokens_seen}
