@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from sert.artifacts import read_jsonl
-from sert.pipeline import Context, StepOutput, _enum
+from sert.pipeline import Context, StepOutput
 from sert.train_steps import records_from_rows, train_step
 from sert.training_data import Example
 
@@ -26,6 +26,6 @@ def run(ctx: Context) -> StepOutput:
     kept = [(rec, row) for rec, row in pairs if row.get("correct") is not False and (row.get("reasoning") or "").strip()]
     log.info("distill: %d of %d teacher rows kept (correct, non-empty reasoning)", len(kept), len(pairs))
     examples = [Example(*ctx.prompts.training_pair("distill", rec, row["reasoning"])) for rec, row in kept]
-    init_from = str(_enum(ctx.cfg.stage.get("distill_init", "base")))
+    init_from = str(getattr(ctx.cfg.stage.distill_init, "value", ctx.cfg.stage.distill_init))  # TODO(issue 14): typed stage
     init = ctx.require("self_train") if init_from == "sert" else None
     return train_step(ctx, "distill", "distill", examples, [teacher], init=init)

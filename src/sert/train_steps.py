@@ -19,18 +19,25 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sert import faults
 from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
-from sert.pipeline import Context, Dataset, StepOutput, _plain
+from sert.pipeline import Context, Dataset, StepOutput
 from sert.train import NON_RESULT_KNOBS, BaseTrainer, resolve_precision
 from sert.training_data import Example
 
 log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> Any:  # TODO(issue 14, training helper): read the typed TrainerConfig instead
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
 
 TRAINING_STEPS = ("self_train", "distill", "finetune")
 INFO = "training_info.json"
