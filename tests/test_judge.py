@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, SHARED, compose, run_cli, run_dirs
+from conftest import SHARED, compose, run_cli, run_dirs
 from fake_openai_server import FakeOpenAI
 from sert.artifacts import read_json, read_jsonl
 from sert.judge import TABLE_I, bin_index, choose, items_from_rows, judge_items, metrics, parse_scores, render
@@ -20,8 +19,7 @@ FULL = "- Score for Coherence: 7\n- Score for Relevance: 8\n- Score for Logical 
 
 # ----------------------------------------------------------------------------- prompt
 def test_template_is_table_i_verbatim():
-    cfg = yaml.safe_load((ROOT / "conf/judge/openai.yaml").read_text())
-    assert cfg["template"] == TABLE_I
+    assert compose("judge=openai").judge.template == TABLE_I  # the default of sert.config.api.JudgeConfig
     paper = SHARED / "paper" / "sert-paper.txt"
     if paper.exists():  # the paper writes the placeholders bare, inside curly quotes
         text = TABLE_I.replace("{eval_question}", "eval_question").replace("{eval_completion}", "eval_completion")
