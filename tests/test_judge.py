@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, SHARED, compose, run_cli, run_dirs
+from conftest import SHARED, compose, run_cli, run_dirs
 from fake_openai_server import FakeOpenAI
 from sert.artifacts import read_json, read_jsonl
 from sert.judge import TABLE_I, bin_index, choose, items_from_rows, judge_items, metrics, parse_scores, render
@@ -20,8 +19,7 @@ FULL = "- Score for Coherence: 7\n- Score for Relevance: 8\n- Score for Logical 
 
 # ----------------------------------------------------------------------------- prompt
 def test_template_is_table_i_verbatim():
-    cfg = yaml.safe_load((ROOT / "conf/judge/openai.yaml").read_text())
-    assert cfg["template"] == TABLE_I
+    assert compose("judge=openai").judge.template == TABLE_I  # the default of sert.config.api.JudgeConfig
     paper = SHARED / "paper" / "sert-paper.txt"
     if paper.exists():  # the paper writes the placeholders bare, inside curly quotes
         text = TABLE_I.replace("{eval_question}", "eval_question").replace("{eval_completion}", "eval_completion")
@@ -258,7 +256,7 @@ def test_openai_judge_batch_mode_with_retry_round(tmp_path, monkeypatch):
     cfg = {**compose().judge}
     with FakeOpenAI(judge_reply_factory(), batch_polls=1) as srv:
         cfg.update(base_url=srv.base_url, mode="batch", poll_interval=0.01, api_key_env="NO_SUCH_VAR_SET")
-        backend = OpenAIJudge(cfg, str(tmp_path / "cache"))
+        backend = OpenAIJudge(cache_dir=str(tmp_path / "cache"), **cfg)
         rows = judge_items(backend, items, TABLE_I, 0.0, 0.7, tmp_path)
         assert [r["overall"] for r in rows] == [8.0, None] and rows[1]["unparsable"]
         assert srv.paths["/v1/batches"] == 2  # first round + the one retry round
@@ -296,17 +294,17 @@ def fake_decode(script, calls):
 
 
 def local_cfg(**over) -> dict:
-    from sert.pipeline import _plain
+    from omegaconf import OmegaConf
 
-    return {**_plain(compose("judge=local", "model=tiny", "device=cpu").judge), **over}
+    return {**OmegaConf.to_container(compose("judge=local", "model=tiny", "device=cpu").judge, resolve=True), **over}
 
 
 def local_judge(tmp_path, **over):
     from sert.judge import LocalJudge
     from sert.models import model_spec
 
-    return LocalJudge(local_cfg(**over), str(tmp_path / "cache"), model_kwargs={**model_spec("tiny"), "device": "cpu"},
-                      model_identity={"name": "tiny"})
+    return LocalJudge(cache_dir=str(tmp_path / "cache"), model_kwargs={**model_spec("tiny"), "device": "cpu"},
+                      model_identity={"name": "tiny"}, **local_cfg(**over))
 
 
 STEP_SCORES = {"Coherence": " 7", "Relevance": " 8 because", "Logical Consistency": "6/10", "Completeness": " 5\nmore"}
@@ -320,10 +318,10 @@ def stepwise_script(prompt: str) -> str:
 
 
 def test_local_judge_stepwise_reply_is_parsed_and_unparsable_counted(tmp_path, monkeypatch):
-    from sert import judge
+    from sert import judge_backends
 
     calls = []
-    monkeypatch.setattr(judge, "decode", fake_decode(stepwise_script, calls))
+    monkeypatch.setattr(judge_backends, "decode", fake_decode(stepwise_script, calls))
     backend = local_judge(tmp_path, reply_format="stepwise")
     items = items_from_rows([{"question": "Q1", "output": "good"}, {"question": "Q2", "output": "junk"}], "x")
     rows = judge_items(backend, items, TABLE_I, 0.0, 0.7, tmp_path)
@@ -347,10 +345,10 @@ def test_local_judge_stepwise_reply_is_parsed_and_unparsable_counted(tmp_path, m
 
 
 def test_local_judge_free_and_prefill_replies(tmp_path, monkeypatch):
-    from sert import judge
+    from sert import judge_backends
 
     calls = []
-    monkeypatch.setattr(judge, "decode", fake_decode(lambda p: " 9\n- Score for Relevance: 9", calls))
+    monkeypatch.setattr(judge_backends, "decode", fake_decode(lambda p: " 9\n- Score for Relevance: 9", calls))
     free = local_judge(tmp_path, reply_format="free", max_tokens=33)
     (reply, err), = free.generate(["PROMPT"], 0, 0.0, tmp_path)
     assert reply == " 9\n- Score for Relevance: 9" and err is None

@@ -336,7 +336,7 @@ def local_teacher(tmp_path, **over):
     from sert.teacher import LocalTeacher
 
     t = OmegaConf.to_container(compose("teacher=local", "teacher.model=tiny", "device=cpu").teacher, resolve=True)
-    return LocalTeacher({**t, **over}, str(tmp_path), seed=0)
+    return LocalTeacher(cache_dir=str(tmp_path), seed=0, **{**t, **over})
 
 
 def test_chat_template_user_turn_and_prefilled_assistant_turn(tmp_path):

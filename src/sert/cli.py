@@ -85,6 +85,20 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer (the first N records) or null (all), got {value!r}")
+    check_filters(cfg.filter)
+
+
+def check_filters(f: DictConfig) -> None:
+    """The ``filter`` group is open (a new filter is one class + one YAML): every key but ``input`` and
+    ``order`` must define a component with a ``_target_``, and ``order`` may name only those."""
+    defined = {k for k in f if k not in ("input", "order")}
+    stray = sorted(k for k in defined if not OmegaConf.is_dict(f[k]) or "_target_" not in f[k])
+    if stray:
+        raise ValueError(f"filter.{stray[0]} is not a filter (a node with a _target_ class and its arguments)")
+    unknown = [n for n in f.order if n not in defined or n == "selector"]
+    if unknown:
+        raise ValueError(f"filter.order names {unknown}, which are not filters defined under filter.* "
+                         f"(defined: {sorted(defined - {'selector'})})")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

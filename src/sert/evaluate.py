@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from sert import faults
 from sert.artifacts import append_jsonl, file_hash, read_jsonl_tolerant, write_json, write_jsonl
 from sert.data import Record
@@ -38,7 +40,9 @@ from sert.hardware import resolve_dtype
 from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
                           is_well_formatted, split_reasoning)
 from sert.models import load_model, resolve_device
-from sert.pipeline import Context, StepOutput, _enum
+from sert.config.data import DType
+from sert.config.steps import EvaluateConfig
+from sert.pipeline import Context, StepOutput
 from sert.schema import EvaluateModel
 from sert.training.steps import training_info
 
@@ -47,9 +51,8 @@ log = logging.getLogger(__name__)
 FORMATS = ("self_train", "distill", "label_only")
 
 
-def resolve_checkpoint(ctx: Context) -> tuple[Path | None, str, dict, list[StepOutput]]:
+def resolve_checkpoint(ctx: Context, ecfg: EvaluateConfig) -> tuple[Path | None, str, dict, list[StepOutput]]:
     """``(model_dir or None for the base model, format, key material, input StepOutputs)``."""
-    ecfg = ctx.cfg.evaluate
     if ecfg.checkpoint:
         path = Path(ecfg.checkpoint).expanduser().resolve()
         model_dir = path / "model" if (path / "model" / "config.json").exists() else path
@@ -157,14 +160,14 @@ def decode_resumable(model, tok, records: list[Record], prompts: list[str], d: P
 
 
 def run(ctx: Context) -> StepOutput:
-    ecfg = ctx.cfg.evaluate
-    model_dir, fmt, ident, inputs = resolve_checkpoint(ctx)
+    ecfg: EvaluateConfig = OmegaConf.to_object(ctx.cfg.evaluate)
+    model_dir, fmt, ident, inputs = resolve_checkpoint(ctx, ecfg)
     if fmt not in FORMATS:
         raise ValueError(f"evaluate.format must be one of {FORMATS}, got {fmt!r}")
     ds = ctx.dataset(split=ecfg.split, limit=ecfg.limit)
     label_only = fmt == "label_only"
     max_new = ecfg.label_only_max_new_tokens if label_only else ecfg.max_new_tokens
-    dtype = resolve_dtype(str(_enum(ecfg.dtype)), resolve_device(ctx.cfg.device))
+    dtype = resolve_dtype(DType(ecfg.dtype).value, resolve_device(ctx.cfg.device))
     material = {"model": ident, "format": fmt, "prompt": getattr(ctx.prompts, fmt), "max_new_tokens": max_new,
                 "dtype": dtype, "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
                 "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},

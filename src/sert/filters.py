@@ -299,7 +299,7 @@ def run(ctx):
         # a file made elsewhere may carry text only: tokenize it with the configured model's tokenizer
         tokenize = needs_tokens(read_candidates(path, tokenizable=True), f)
         if tokenize:
-            source["tokenizer"] = tokenizer_identity(_plain_model(ctx))
+            source["tokenizer"] = tokenizer_identity(ctx.model.load_kwargs())
     else:
         gen = ctx.require("generate")
         inputs, src, source = [gen], gen.path("candidates.jsonl"), {"generate": gen.key}
@@ -312,7 +312,7 @@ def run(ctx):
         if tokenize:
             from sert.models import tokenizer_for
 
-            n = add_token_ids(cands, tokenizer_for(_plain_model(ctx)))
+            n = add_token_ids(cands, tokenizer_for(ctx.model.load_kwargs()))
             log.info("filter.input: tokenized %d of %d candidates with the model's tokenizer %s", n, len(cands),
                      source["tokenizer"])
         chain = [(n, instantiate(f[n], _convert_="all")) for n in order]
@@ -336,8 +336,3 @@ def run(ctx):
     print(f"-> {out.path('selected.jsonl')}{' (cached)' if out.cached else ''}")
     return out
 
-
-def _plain_model(ctx) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(ctx.cfg.model, resolve=True, enum_to_str=True)

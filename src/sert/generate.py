@@ -33,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers.cache_utils import DynamicLayer
 
 from sert import faults
 from sert.artifacts import read_jsonl, stable_hash, write_jsonl
+from sert.config.data import DType
+from sert.config.steps import GenerationBackend, GenerationConfig, GenerationMode
 from sert.engine import DecodeStats, context_length, stop_cut, trim_to_stop
 
 log = logging.getLogger(__name__)
@@ -438,8 +441,8 @@ def check_context(model, tok, items: list[tuple[str, str]], spec: SamplingSpec) 
 
 
 # ----------------------------------------------------------------------------- the step
-def spec_from_cfg(g) -> SamplingSpec:
-    return SamplingSpec(mode=str(getattr(g.mode, "value", g.mode)), first_k=g.first_k,
+def spec_from_cfg(g: GenerationConfig) -> SamplingSpec:
+    return SamplingSpec(mode=GenerationMode(g.mode).value, first_k=g.first_k,
                         samples_per_token=g.samples_per_token, top_k=g.top_k, top_p=g.top_p,
                         temperature=g.temperature, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop))
 
@@ -451,15 +454,15 @@ def run(ctx):
     from sert.hardware import resolve_dtype
     from sert.models import resolve_device
 
-    g = ctx.cfg.generation
+    g: GenerationConfig = OmegaConf.to_object(ctx.cfg.generation)
     spec = spec_from_cfg(g)
-    backend = str(getattr(g.backend, "value", g.backend))
+    backend = GenerationBackend(g.backend).value
     ds = ctx.dataset()
     prompts = ctx.prompts
     items = [(r.qid, prompts.generation_prompt(r)) for r in ds.records]
     by_qid = {r.qid: r for r in ds.records}
-    dtype = resolve_dtype(str(getattr(g.dtype, "value", g.dtype)), resolve_device(ctx.cfg.device))
-    log.info("generation dtype: %s (generation.dtype=%s)", dtype, getattr(g.dtype, "value", g.dtype))
+    dtype = resolve_dtype(DType(g.dtype).value, resolve_device(ctx.cfg.device))
+    log.info("generation dtype: %s (generation.dtype=%s)", dtype, DType(g.dtype).value)
     model_kwargs = {**ctx.model_kwargs(), "dtype": dtype}
     material = {"model": ctx.model_identity(), "sampling": {**asdict(spec), "stop": list(spec.stop)},
                 "backend": backend, "seed": ctx.cfg.seed, "prompt": prompts.generate}

@@ -24,39 +24,21 @@ Figure 1 — the share of questions with at least one output in each bin.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import re
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from sert import faults
-from sert.artifacts import file_hash, read_jsonl, stable_hash, write_json, write_jsonl
-from sert.engine import Decoded, DecodeStats, decode
-from sert.llm_client import (LLMClient, Request, ResponseCache, client_from_config, estimate_cost, make_request,
-                             sampling_params)
-from sert.pipeline import Context, StepOutput, _plain
+from sert.artifacts import file_hash, read_jsonl, write_json, write_jsonl
+from sert.config.api import TABLE_I, JudgeConfig  # noqa: F401 (TABLE_I re-exported)
+from sert.judge_backends import HFJudge, LocalDecoder, LocalJudge, OpenAIJudge  # noqa: F401 (judge._target_ names)
+from sert.pipeline import Context, StepOutput
 
 log = logging.getLogger(__name__)
-
-# Table I, verbatim (the paper's quotes kept); conf/judge/openai.yaml carries the same text.
-TABLE_I = """Please evaluate the reasoning provided by a single method in response to the following question. Your task is to assess the quality of reasoning based on the criteria provided below and calculate the average score.
-Question: “{eval_question}”
-Response: “{eval_completion}”
-Evaluation Instructions: Carefully evaluate the reasoning quality of the response based on the following criteria and provide a score from 0 (lowest) to 10 (highest) for each. Each score should be presented in a specified format for easy extraction:
-1. Coherence: How logically consistent and easily understandable is the reasoning in the response?
-- Score for Coherence: [Insert score here]
-2. Relevance: How relevant are the reasoning steps to answering the given question?
-- Score for Relevance: [Insert score here]
-3. Logical Consistency: Are there any logical fallacies or contradictions in the reasoning provided?
-- Score for Logical Consistency: [Insert score here]
-4. Completeness: Does the response address all parts of the question and provide a thorough reasoning process?
-- Score for Completeness: [Insert score here]
-Please ensure that each score is clearly indicated following the phrases provided above. This will assist in the subsequent extraction and analysis of the data.
-Summarize the overall effectiveness of the reasoning based on these scores in a brief concluding statement."""
 
 CRITERIA = {"coherence": r"coherence", "relevance": r"relevance",
             "logical_consistency": r"logical[\s_-]*consistency", "completeness": r"completeness"}
@@ -108,197 +90,6 @@ def _first_valid(pattern: re.Pattern, text: str) -> float | None:
 def bin_index(score: float) -> int:
     """[0,2) -> 0, [2,4) -> 1, [4,6) -> 2, [6,8) -> 3, [8,10] -> 4."""
     return min(int(score // 2), 4)
-
-
-# ----------------------------------------------------------------------------- backends
-class OpenAIJudge:
-    """Judge through any OpenAI-compatible endpoint (``judge=openai``)."""
-
-    def __init__(self, cfg: dict, cache_dir: str, seed: int = 0, **_: Any):
-        if not cfg.get("model"):
-            raise ValueError("judge.model must name the endpoint's model for judge=openai")
-        self.cfg = cfg
-        self.client: LLMClient = client_from_config(cfg, cache_dir, seed=seed)
-
-    def identity(self) -> dict:
-        return {"backend": "openai", "api": self.cfg["api"], "model": self.cfg["model"],
-                "sampling": sampling_params(self.cfg)}
-
-    def generate(self, prompts: list[str], attempt: int, temperature: float, state_dir: Path) -> list[tuple[str | None, str | None]]:
-        """(reply, error) per prompt; ``attempt`` separates the retry's cache key."""
-        sampling = {**sampling_params(self.cfg), "temperature": temperature}
-        reqs = [make_request(self.cfg["api"], self.cfg["model"], p, sampling, index=attempt, meta={"item": i})
-                for i, p in enumerate(prompts)]
-        if self.cfg["mode"] == "batch":
-            results = self.client.run_batch(reqs, state_dir, poll_interval=self.cfg["poll_interval"],
-                                            max_wait=self.cfg["batch_max_wait"])
-        else:
-            results = self.client.run(reqs)
-        return [(r.text, r.error) for r in results]
-
-    def stats(self) -> dict:
-        st = self.client.stats.as_dict()
-        discount = self.cfg["batch_discount"] if self.cfg["mode"] == "batch" else 1.0
-        st["est_cost_usd"] = estimate_cost(st["prompt_tokens"], st["completion_tokens"], self.cfg["price_prompt"],
-                                           self.cfg["price_completion"], discount)
-        st["failures"] = st["failures"][:100]
-        return st
-
-
-SCORE_LINES = tuple(f"- Score for {name}:"
-                    for name in ("Coherence", "Relevance", "Logical Consistency", "Completeness"))  # Table I
-REPLY_FORMATS = ("free", "prefill", "stepwise")
-
-
-class LocalJudge:
-    """Judge with a local causal LM on the project's decoding engine (``judge=local``; ``judge=hf`` is an alias).
-
-    ``judge.model``: a ``conf/model`` name, a local dir / .gguf file or a hub id (``sert.models.model_spec``);
-    null judges with the run's ``model``. The Table I prompt goes in the chat template's user turn when
-    the tokenizer has one (``judge.chat_template``: auto | true | false), else it is the raw prompt.
-    ``judge.reply_format`` shapes the reply (the prompt itself stays Table I verbatim):
-      * ``free``     — the model writes the whole reply (the paper's setting);
-      * ``prefill``  — the reply is opened with ``- Score for Coherence:`` and the model continues it;
-      * ``stepwise`` — each of the four ``- Score for X:`` lines of Table I is written into the reply in turn
-        and the model adds only its score (``judge.score_tokens`` tokens, cut at the line end); small
-        models that drift in a free reply still give a parseable number per criterion.
-    Prompts are batched (``hf_batch_size``) in length order; each finished batch's replies go to the
-    response log (``<cache_dir>/llm/local-*.jsonl``), so a killed run resumes and a rerun loads no model."""
-
-    def __init__(self, cfg: dict, cache_dir: str, seed: int = 0, model_kwargs: dict | None = None,
-                 model_identity: dict | None = None, **_: Any):
-        from sert.hardware import resolve_dtype
-        from sert.models import model_spec, resolve_device
-
-        self.cfg, self.seed, self.cache_dir = cfg, seed, cache_dir
-        if cfg["reply_format"] not in REPLY_FORMATS:
-            raise ValueError(f"judge.reply_format must be one of {REPLY_FORMATS}, got {cfg['reply_format']!r}")
-        self.chat = str(cfg["chat_template"]).lower()
-        if self.chat not in ("auto", "true", "false"):
-            raise ValueError(f"judge.chat_template must be auto, true or false, got {cfg['chat_template']!r}")
-        if cfg["backend"] not in ("torch", "ctranslate2"):
-            raise ValueError(f"judge.backend must be torch or ctranslate2, got {cfg['backend']!r}")
-        device = cfg["hf_device"]
-        if cfg.get("model"):
-            spec = model_spec(cfg["model"])
-            self.model_kwargs = {**spec, "device": device}
-            self.model_id: Any = {k: v for k, v in spec.items() if k not in ("device", "dtype")}
-        else:
-            self.model_kwargs = {**(model_kwargs or {}), "device": device}
-            self.model_id = model_identity
-        torch_backend = cfg["backend"] == "torch"
-        self.precision = (resolve_dtype(str(cfg["dtype"]), resolve_device(device)) if torch_backend
-                          else cfg["compute_type"])
-        if torch_backend:
-            self.model_kwargs["dtype"] = self.precision
-        self.cache = ResponseCache.for_model(cache_dir, "local-" + stable_hash([self.model_id, self.precision]))
-        self._decoder = None
-        self.counts = {"requests": 0, "cache_hits": 0, "generated": 0}
-        self.decoding = DecodeStats()
-
-    def identity(self) -> dict:
-        c = self.cfg
-        return {"backend": "local", "engine": c["backend"], "model": self.model_id, "precision": self.precision,
-                "max_tokens": c["max_tokens"], "temperature": c["temperature"], "chat_template": self.chat,
-                "reply_format": c["reply_format"], "score_tokens": c["score_tokens"]}
-
-    def generate(self, prompts: list[str], attempt: int, temperature: float, state_dir: Path) -> list[tuple[str | None, str | None]]:
-        """(reply, None) per prompt; decoded in batches, each batch cached before the next starts."""
-        body = {k: v for k, v in self.identity().items() if k not in ("temperature", "backend")}
-        reqs = [Request("local", {**body, "prompt": p, "temperature": temperature}, index=attempt) for p in prompts]
-        todo = [i for i, r in enumerate(reqs) if self.cache.get(r.key) is None]
-        self.counts["requests"] += len(reqs)
-        self.counts["cache_hits"] += len(reqs) - len(todo)
-        if todo:
-            todo.sort(key=lambda i: -len(prompts[i]))  # similar lengths share a batch
-            bs = max(1, self.cfg["hf_batch_size"])
-            for start in _progress_range(0, len(todo), bs, "local judge"):
-                chunk = todo[start:start + bs]
-                replies = self._replies([prompts[i] for i in chunk], temperature, self.seed + attempt * 100_003 + start)
-                for i, text in zip(chunk, replies):
-                    self.cache.put({"key": reqs[i].key, "api": "local", "request": reqs[i].body, "index": attempt,
-                                    "text": text})
-                self.counts["generated"] += len(chunk)
-                faults.reached("judge.batch_saved")
-        return [(self.cache.get(r.key)["text"], None) for r in reqs]
-
-    def _replies(self, prompts: list[str], temperature: float, seed: int) -> list[str]:
-        decoder = self._load()
-        texts = [self._wrap(decoder.tok, p) for p in prompts]
-        fmt, sampling = self.cfg["reply_format"], {"temperature": temperature, "seed": seed}
-        if fmt == "stepwise":
-            replies = [""] * len(prompts)
-            for line in SCORE_LINES:
-                outs = decoder.decode([t + r + line for t, r in zip(texts, replies)], stop=["\n"],
-                                      max_new_tokens=self.cfg["score_tokens"], min_new_tokens=self.cfg["score_tokens"],
-                                      **sampling)
-                replies = [r + line + o.text.split("\n")[0] + "\n" for r, o in zip(replies, outs)]
-            return [r.rstrip("\n") for r in replies]
-        prefix = SCORE_LINES[0] if fmt == "prefill" else ""
-        room = self.cfg["max_tokens"] if decoder.ctx is None else min(self.cfg["max_tokens"], decoder.ctx // 2)
-        outs = decoder.decode([t + prefix for t in texts], max_new_tokens=self.cfg["max_tokens"],
-                              min_new_tokens=room, **sampling)
-        return [prefix + o.text for o in outs]
-
-    def _wrap(self, tok, prompt: str) -> str:
-        """The Table I prompt as the model sees it: in the chat template's user turn, or raw (+ a newline
-        before a prefilled reply)."""
-        has = bool(getattr(tok, "chat_template", None))
-        if self.chat == "true" and not has:
-            raise ValueError("judge.chat_template=true but the judge model's tokenizer has no chat template "
-                             "(use auto or false)")
-        if has and self.chat != "false":
-            return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           tokenize=False)
-        return prompt + ("\n" if self.cfg["reply_format"] != "free" else "")
-
-    def _load(self) -> LocalDecoder:
-        if self._decoder is None:
-            self._decoder = LocalDecoder(self.cfg["backend"], self.model_kwargs, self.cfg["compute_type"],
-                                         self.cache_dir, self.decoding)
-        return self._decoder
-
-    def stats(self) -> dict:
-        return {**self.counts, "engine": self.cfg["backend"], "precision": self.precision,
-                "decoding": self.decoding.as_dict()}
-
-
-class LocalDecoder:
-    """The one place a local backend is chosen: ``torch`` (``sert.engine.decode`` on a transformers model)
-    or ``ctranslate2`` (``sert.ct2.decode_ct2``, optional). ``decode(prompts, **kw)`` -> list[Decoded]."""
-
-    def __init__(self, backend: str, model_kwargs: dict, compute_type: str, cache_dir: str, stats: DecodeStats):
-        self.stats, self.ctx = stats, None
-        if backend == "torch":
-            from sert.engine import context_length
-            from sert.models import load_model
-
-            model, self.tok = load_model(**model_kwargs)
-            self.ctx = context_length(model)
-            self._decode = functools.partial(decode, model, self.tok)
-            return
-        try:
-            from sert.ct2 import decode_ct2
-        except ImportError as e:
-            raise ImportError("judge.backend=ctranslate2 needs sert.ct2 and the ctranslate2 package "
-                              "(pip install 'sert[ct2]'); use judge.backend=torch otherwise") from e
-        from sert.models import tokenizer_for
-
-        kw = {k: v for k, v in model_kwargs.items() if k not in ("dtype", "device")}
-        self.tok = tokenizer_for(kw)
-        self._decode = functools.partial(decode_ct2, kw, compute_type=compute_type, cache_dir=cache_dir)
-
-    def decode(self, prompts: list[str], **kw: Any) -> list[Decoded]:
-        return self._decode(prompts, batch_size=len(prompts), desc="judge", stats=self.stats, **kw)
-
-
-HFJudge = LocalJudge  # the former name (judge=hf configs)
-
-
-def _progress_range(start: int, stop: int, step: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(range(start, stop, step), desc=desc, disable=stop - start <= step, mininterval=2.0)
 
 
 # ----------------------------------------------------------------------------- items to judge
@@ -380,31 +171,31 @@ def metrics(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- the step
-def _items(ctx: Context, j: dict) -> tuple[list[dict], list, dict]:
+def _items(ctx: Context, j: JudgeConfig) -> tuple[list[dict], list, dict]:
     """(items, upstream inputs for the cache key, material describing the source)."""
-    if j["input"]:
-        path = Path(j["input"])
+    if j.input:
+        path = Path(j.input)
         if not path.exists():
             raise FileNotFoundError(f"judge.input: no such file {path}")
         return items_from_rows(read_jsonl(path), str(path)), [], {"input": file_hash(path)}
-    if j["target"] not in TARGETS:
-        raise ValueError(f"judge.target must be one of {sorted(TARGETS)} (or set judge.input), got {j['target']!r}")
-    step, name = TARGETS[j["target"]]
+    if j.target not in TARGETS:
+        raise ValueError(f"judge.target must be one of {sorted(TARGETS)} (or set judge.input), got {j.target!r}")
+    step, name = TARGETS[j.target]
     out = ctx.require(step)
-    return items_from_rows(read_jsonl(out.path(name)), str(out.path(name))), [out], {"target": j["target"]}
+    return items_from_rows(read_jsonl(out.path(name)), str(out.path(name))), [out], {"target": j.target}
 
 
 def run(ctx: Context) -> StepOutput:
-    j = _plain(ctx.cfg.judge)
-    backend = get_class(j["_target_"])(j, ctx.cfg.paths.cache_dir, seed=ctx.cfg.seed,
-                                       model_kwargs=ctx.model_kwargs(), model_identity=ctx.model_identity())
+    j: JudgeConfig = OmegaConf.to_object(ctx.cfg.judge)
+    backend = instantiate(ctx.cfg.judge, cache_dir=ctx.cfg.paths.cache_dir, seed=ctx.cfg.seed,
+                          model_kwargs=ctx.model_kwargs(), model_identity=ctx.model_identity(), _convert_="all")
     items, inputs, source = _items(ctx, j)
-    items = choose(items, j["limit"], j["sample"], j["seed"])
-    material = {**source, "judge": backend.identity(), "template": j["template"], "limit": j["limit"],
-                "sample": j["sample"], "seed": j["seed"], "retry_temperature": j["retry_temperature"]}
+    items = choose(items, j.limit, j.sample, j.seed)
+    material = {**source, "judge": backend.identity(), "template": j.template, "limit": j.limit,
+                "sample": j.sample, "seed": j.seed, "retry_temperature": j.retry_temperature}
 
     def build(d: Path) -> dict:
-        rows = judge_items(backend, items, j["template"], j["temperature"], j["retry_temperature"], d)
+        rows = judge_items(backend, items, j.template, j.temperature, j.retry_temperature, d)
         write_jsonl(d / "judge.jsonl", rows)
         m = metrics(rows)
         write_json(d / "judge_metrics.json", m)

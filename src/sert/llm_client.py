@@ -19,13 +19,10 @@ retrying, resumable, and with a Batch-API path.
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import fcntl
 import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterable
@@ -34,129 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sert.artifacts import append_jsonl, read_json, read_jsonl_tolerant, stable_hash, write_json, write_jsonl
+from sert.artifacts import read_json, write_json, write_jsonl
+from sert.llm_requests import (SAMPLING_KEYS, FatalAPIError, Request, ResponseCache, Result,  # noqa: F401 (re-exported)
+                               backoff_seconds, classify, estimate_cost, make_request, retry_after_seconds,
+                               sampling_params)
 
 log = logging.getLogger(__name__)
-
-SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
-
-
-# ----------------------------------------------------------------------------- requests / results
-@dataclass
-class Request:
-    """One call. ``body`` is exactly what is sent (model, prompt or messages, sampling params);
-    ``index`` separates otherwise identical calls (sample i of n, retry attempt) in the cache key."""
-
-    api: str  # "completions" | "chat"
-    body: dict
-    index: int = 0
-    meta: dict = field(default_factory=dict)  # caller's bookkeeping (qid, sample, ...): not in the key
-
-    @property
-    def key(self) -> str:
-        return stable_hash({"api": self.api, "body": self.body, "index": self.index}, length=24)
-
-
-@dataclass
-class Result:
-    request: Request
-    text: str | None = None
-    finish_reason: str | None = None
-    usage: dict = field(default_factory=dict)
-    cached: bool = False
-    error: str | None = None
-    attempts: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def make_request(api: str, model: str, prompt: str, sampling: dict, index: int = 0, meta: dict | None = None) -> Request:
-    """A completions (``prompt``) or chat (one user message) request with the given sampling params."""
-    if api not in ("completions", "chat"):
-        raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
-    body: dict[str, Any] = {"model": model}
-    body.update({"prompt": prompt} if api == "completions" else {"messages": [{"role": "user", "content": prompt}]})
-    body.update({k: v for k, v in sampling.items() if k in SAMPLING_KEYS and v is not None})
-    return Request(api, body, index, dict(meta or {}))
-
-
-# ----------------------------------------------------------------------------- response cache
-class ResponseCache:
-    """Append-only JSONL log of responses keyed by request hash (last row per key wins)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self.rows: dict[str, dict] = {r["key"]: r for r in read_jsonl_tolerant(self.path) if "key" in r}
-
-    @classmethod
-    def for_model(cls, cache_dir: str | os.PathLike, model: str) -> ResponseCache:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[-60:]
-        return cls(Path(cache_dir) / "llm" / f"{slug}-{stable_hash(model, 8)}.jsonl")
-
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key)
-
-    def put(self, row: dict) -> None:
-        """Append atomically: one fsync'd line, under a thread lock and an inter-process file lock."""
-        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "w") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
-            append_jsonl(self.path, row)
-            self.rows[row["key"]] = row
-
-
-# ----------------------------------------------------------------------------- errors / backoff
-class FatalAPIError(RuntimeError):
-    """An error no retry can fix (bad key, unknown model, bad request): the run stops, cache kept."""
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds from ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms``; None if absent."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        with contextlib.suppress(ValueError):
-            return float(ms) / 1000
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(ra) if ra else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [d/2, d], d = min(cap, base * 2**attempt)."""
-    d = min(cap, base * (2 ** attempt))
-    return rng.uniform(d / 2, d)
-
-
-def classify(exc: BaseException) -> tuple[str, bool, float | None]:
-    """(error label, retryable?, Retry-After seconds) of an exception raised by the openai client."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout", True, None
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection", True, None
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        ra = retry_after_seconds(exc.response.headers)
-        if status == 429 or status == 408 or status == 409 or status >= 500:
-            return f"http {status}", True, ra
-        if status in (401, 403):
-            raise FatalAPIError(f"authentication failed (HTTP {status}): check the API key env var") from exc
-        return f"http {status}: {str(exc)[:200]}", False, None
-    if isinstance(exc, (json.JSONDecodeError, ValueError, KeyError, IndexError, TypeError, AttributeError)):
-        return f"malformed response: {type(exc).__name__}: {str(exc)[:120]}", True, None
-    return f"{type(exc).__name__}: {str(exc)[:200]}", False, None
-
 
 # ----------------------------------------------------------------------------- the client
 @dataclass
@@ -376,12 +256,6 @@ class LLMClient:
                 s.new_completion_tokens += c
 
 
-def estimate_cost(prompt_tokens: int, completion_tokens: int, price_prompt: float, price_completion: float,
-                  discount: float = 1.0) -> float:
-    """USD from per-1M-token prices (``discount`` 0.5 for the Batch API)."""
-    return round((prompt_tokens * price_prompt + completion_tokens * price_completion) / 1e6 * discount, 6)
-
-
 # ----------------------------------------------------------------------------- parsing replies
 def _parse_response(api: str, resp: Any) -> tuple[str, str | None, dict]:
     if isinstance(resp, str):  # a non-JSON body that the client returned as text
@@ -414,14 +288,31 @@ def _progress(total: int, enabled: bool):
         yield bar
 
 
-def client_from_config(cfg: dict, cache_dir: str | os.PathLike, *, seed: int = 0) -> LLMClient:
-    """An ``LLMClient`` from a plain teacher/judge config dict (see ``sert.schema.ApiConfig``)."""
-    client = LLMClient(ResponseCache.for_model(cache_dir, cfg["model"]), base_url=cfg.get("base_url"),
-                       api_key_env=cfg.get("api_key_env") or "", concurrency=cfg.get("concurrency", 8),
-                       timeout=cfg.get("timeout", 60.0), max_retries=cfg.get("max_retries", 6),
-                       backoff_base=cfg.get("backoff_base", 1.0), backoff_max=cfg.get("backoff_max", 60.0), seed=seed)
-    return client
+def client_from_config(cfg: Any, cache_dir: str | os.PathLike, *, seed: int = 0) -> LLMClient:
+    """An ``LLMClient`` for a teacher/judge config (``sert.config.api.ApiConfig``)."""
+    return LLMClient(ResponseCache.for_model(cache_dir, cfg.model), base_url=cfg.base_url,
+                     api_key_env=cfg.api_key_env or "", concurrency=cfg.concurrency, timeout=cfg.timeout,
+                     max_retries=cfg.max_retries, backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
+                     seed=seed)
 
 
-def sampling_params(cfg: dict) -> dict:
-    return {k: cfg.get(k) for k in SAMPLING_KEYS if cfg.get(k) is not None}
+def run_requests(client: LLMClient, reqs: list[Request], cfg: Any, state_dir: Path, what: str) -> list[Result]:
+    """``reqs`` online or through the Batch API, as ``cfg.mode`` says (``what``: the config group, for errors)."""
+    if cfg.mode == "batch":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return client.run_batch(reqs, state_dir, poll_interval=cfg.poll_interval, max_wait=cfg.batch_max_wait)
+    if cfg.mode == "online":
+        return client.run(reqs)
+    raise ValueError(f"{what}.mode must be online or batch, got {cfg.mode!r}")
+
+
+def api_stats(client: LLMClient, cfg: Any) -> dict:
+    """The client's counts with the estimated cost of all calls (``est_cost_usd``, cached ones included)
+    and of this run's new calls (``new_cost_usd``), at the config's prices; the first 100 failures."""
+    st = client.stats.as_dict()
+    discount = cfg.batch_discount if cfg.mode == "batch" else 1.0
+    for key, prompt, completion in (("est_cost_usd", "prompt_tokens", "completion_tokens"),
+                                    ("new_cost_usd", "new_prompt_tokens", "new_completion_tokens")):
+        st[key] = estimate_cost(st[prompt], st[completion], cfg.price_prompt, cfg.price_completion, discount)
+    st["failures"] = st["failures"][:100]
+    return st

@@ -171,7 +171,10 @@ def model_spec(ref: str) -> dict:
 
     config = Path(CONF_DIR) / "model" / f"{ref}.yaml"
     if "/" not in ref and config.exists():
-        node = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        from sert.config.data import ModelConfig  # the YAML holds overrides only; defaults live here
+
+        node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(config))
+        node = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
         return {k: v for k, v in node.items() if k != "name"}
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sert import faults, hardware
 from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
+from sert.config.data import DatasetConfig, ModelConfig, OnError
 from sert.data import Record, load_records
 from sert.prompts import Prompts
 
@@ -132,12 +133,12 @@ class Context:
     # -- data ------------------------------------------------------------------
     def dataset(self, split: str | None = None, limit: int | None | str = "config") -> Dataset:
         """Records of ``split`` (default ``dataset.split``), first ``limit`` (default ``dataset.limit``)."""
-        d = self.cfg.dataset
+        d: DatasetConfig = OmegaConf.to_object(self.cfg.dataset)
         split = split or d.split
         limit = d.limit if limit == "config" else limit
         if (split, limit) not in self._datasets:
             records, report = load_records(
-                path=d.path, split=split, split_file=d.split_file, limit=limit, on_error=str(_enum(d.on_error)),
+                path=d.path, split=split, split_file=d.split_file, limit=limit, on_error=OnError(d.on_error).value,
                 hub_id=d.hub_id, hub_config=d.hub_config, hub_splits=dict(d.hub_splits),
             )
             if not records:
@@ -150,14 +151,18 @@ class Context:
             self._datasets[(split, limit)] = Dataset(records, key, split)
         return self._datasets[(split, limit)]
 
+    @property
+    def model(self) -> ModelConfig:
+        return OmegaConf.to_object(self.cfg.model)
+
     def model_kwargs(self) -> dict:
         """The base model's loading arguments as plain values (for ``sert.models.load_model``)."""
-        return {**_plain(self.cfg.model), "device": self.cfg.device}
+        return {**self.model.load_kwargs(), "device": self.cfg.device}
 
     def model_identity(self) -> dict:
         """What identifies the base model's weights in cache keys. A randomly initialised (tiny) model is
         its shape + seed + tokenizer: ``load_model`` ignores ``name_or_path`` then, so the key does too."""
-        m = _plain(self.cfg.model)
+        m = self.model.load_kwargs()
         keys = ("gguf_file", "tokenizer", "dtype", "random_init") if m.get("random_init") is not None else \
             ("name_or_path", "gguf_file", "tokenizer", "dtype", "random_init")
         return {k: m[k] for k in keys}
@@ -253,16 +258,6 @@ def run(ctx: Context) -> StepOutput:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _enum(v: Any) -> Any:
-    return v.value if hasattr(v, "value") else v
-
-
-def _plain(node: Any) -> Any:
-    """A DictConfig subtree as plain Python values (enums as their strings)."""
-    obj = OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
-    return obj
-
-
 def _mark_step(err: BaseException, step: str) -> None:
     if failed_step(err) is None:
         try:

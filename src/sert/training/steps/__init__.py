@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
