@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, run_cli
 
-GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name not in {"hydra", "experiment"})
+GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name not in {"hydra", "experiment", "profile"})
 
 
 def options(group: str) -> list[str]:

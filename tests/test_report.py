@@ -393,13 +393,13 @@ def test_judge_rows_keep_first_token_rank_and_bins_by_rank(tmp_path: Path):
     assert "| rank 1 | 2 | 0.00 | 0.00 | 0.00 | 0.50 | 0.00 |" in text
 
 
-@pytest.mark.parametrize("exp", ["fig1_sampling", "fig1_sampling_cpu"])
+@pytest.mark.parametrize("exp", [["experiment=fig1_sampling"], ["experiment=fig1_sampling", "profile=cpu"]])
 def test_fig1_experiment_samples_held_out_questions(exp):
     from conftest import compose
-    cfg = compose(f"experiment={exp}")
+    cfg = compose(*exp)
     assert cfg.dataset.split == "test" and cfg.stage.name == "filter" and list(cfg.stage.extra_steps) == ["judge"]
     assert list(cfg.filter.order) == ["pattern", "length", "rep2", "perplexity"] and cfg.judge.target == "candidates"
-    sert_arm = compose(f"experiment={exp}", "prompts.generate='Question: {question}. Answer:'")
+    sert_arm = compose(*exp, "prompts.generate='Question: {question}. Answer:'")
     from sert.data import make_record
     from sert.evaluate import prompt_for
     from sert.prompts import Prompts

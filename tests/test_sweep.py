@@ -117,8 +117,9 @@ def _stages_present(*names: str) -> bool:
 # which the stage branches (issues 3-5) add: these run once the branches are merged.
 @pytest.mark.skipif(not _stages_present("finetune", "sert", "rd", "sert_rd", "judge", "filter"),
                     reason="needs the generate/filter, training and judge stages (issues 3-5): runs after merge")
+@pytest.mark.parametrize("profile", [[], ["profile=cpu"]], ids=["", "profile=cpu"])
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_for_every_job(name: str):
+def test_experiment_composes_for_every_job(name: str, profile: list[str]):
     """Compose every job of the experiment's sweep (as the basic sweeper would) against the schema."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -127,7 +128,8 @@ def test_experiment_composes_for_every_job(name: str):
     import sert.cli  # noqa: F401 - registers the schema and the sert.* resolvers
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}", *profile],
+                             return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.params or {})
         sweeps = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
         grid: list[list[str]] = [[]]
@@ -135,7 +137,50 @@ def test_experiment_composes_for_every_job(name: str):
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             grid = [g + [f"{o.key_or_group}={v}"] for g in grid for v in values]
         for job in grid:
-            hydra_compose(config_name="config", overrides=[f"experiment={name}", *job])
+            hydra_compose(config_name="config", overrides=[f"experiment={name}", *profile, *job])
+
+
+# What the former experiment=<name>_cpu files set, which `experiment=<name> profile=cpu` must reproduce for every
+# key the experiment's steps read (it also sets the rest of the profile: trainer/evaluate/teacher keys in
+# experiments without those steps, judge=hf in table2, whose stages do not judge).
+CPU_DATA = {"dataset.path": "${paths.shared_dir}/data/${dataset.name}.json", "dataset.limit": 4,
+            "dataset.split_file": "${paths.shared_dir}/data/${dataset.name}.split.json", "device": "cpu",
+            "generation.max_new_tokens": 48}
+CPU_TRAIN = {"trainer.epochs": 1, "trainer.max_steps": 8}
+CPU_EVAL = {"evaluate.limit": 4, "evaluate.max_new_tokens": 96,
+            "teacher.input": "${sert.abspath:experiments/teacher_cpu/${dataset.name}.jsonl}"}
+CPU_JUDGE = {"judge.name": "hf", "judge.model": None, "judge.max_tokens": 64}
+FORMER_CPU = {
+    "table2": {**CPU_DATA, **CPU_TRAIN, **CPU_EVAL,
+               "sweep": {"model": "smollm2-135m", "stage": "finetune,sert,rd,sert_rd",
+                         "dataset": "strategy_qa,commonsense_qa"}},
+    "fig1_sampling": {**CPU_DATA, **CPU_TRAIN, **CPU_JUDGE, "model.name": "smollm2-135m", "judge.sample": None,
+                      "sweep": {"generation.mode": "topk_alternatives,raw", "model": "smollm2-135m"}},
+    "fig3_judge": {**CPU_DATA, **CPU_TRAIN, **CPU_EVAL, **CPU_JUDGE,
+                   "sweep": {"model": "smollm2-135m", "stage": "rd,sert_rd", "dataset": "commonsense_qa"}},
+    "fig4_filter_ablation": {**CPU_DATA, **CPU_JUDGE, "model.name": "smollm2-135m", "judge.sample": None,
+                             "sweep": {"filter": "raw,pattern,pattern_length,pattern_length_rep2,full",
+                                       "model": "smollm2-135m"}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMER_CPU))
+def test_cpu_profile_reproduces_the_former_cpu_experiments(name: str):
+    """`sert experiment=X profile=cpu` = the former `experiment=X_cpu`: same sweep, same CPU settings."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}", "profile=cpu"],
+                            return_hydra_config=True)
+    expected = dict(FORMER_CPU[name])
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == expected.pop("sweep")
+    assert cfg.experiment_name == name and cfg.hydra.runtime.choices.profile == "cpu"  # W&B group: <name>_cpu
+    for key, value in expected.items():
+        node, _, leaf = key.rpartition(".")
+        got = OmegaConf.to_container(OmegaConf.select(cfg, node) if node else cfg, resolve=False)[leaf]
+        assert got == value, (key, got, value)
 
 
 # ----------------------------------------------------------------------------- CLI multirun

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from sert.pipeline import StepOutput
-from sert.tracking import resolve_mode, run_name, run_tags, step_metrics
+from sert.tracking import resolve_mode, run_group, run_name, run_tags, step_metrics
 from wandb_offline import read_offline_run
 
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -32,6 +32,15 @@ def test_run_name_and_tags():
     assert run_name({}, [], {"stage": "data", "model": "tiny", "dataset": "d"}) == "data/tiny/d"
     assert run_tags(ch, {}, ["mine"]) == ["stage:sert_rd", "model:gpt2-medium", "dataset:commonsense_qa",
                                           "filter:full", "mine"]
+
+
+def test_profile_suffixes_the_group_not_the_name():
+    """`experiment=table2 profile=cpu` runs in the W&B group table2_cpu (as the former experiment=table2_cpu)."""
+    ch = {"stage": "sert", "model": "smollm2-135m", "dataset": "strategy_qa", "experiment": "table2", "profile": "cpu"}
+    assert run_group("table2", ch, "2026-01-01/10-00-00") == "table2_cpu"
+    assert run_group("table2", {**ch, "profile": None}, None) == "table2"
+    assert run_group(None, ch, "2026-01-01/10-00-00") == "2026-01-01/10-00-00"
+    assert run_name(ch, ["experiment=table2", "profile=cpu", "stage=sert"], {}) == "sert/smollm2-135m/strategy_qa"
 
 
 def test_step_metrics_names(tmp_path: Path):

@@ -1,8 +1,9 @@
 """Experiment trackers (the ``logger`` config group). A logger hears about each finished step.
 
 ``logger=wandb`` (``WandbLogger``) makes one W&B run per job: name ``<stage>/<model>/<dataset>`` (plus any
-other group swept in a multirun, e.g. ``/filter=pattern``), group = ``experiment_name`` or the multirun's
-sweep directory (a sweep is one group), tags ``model:…``, ``dataset:…``, ``stage:…``, ``filter:…``, and the
+other group swept in a multirun, e.g. ``/filter=pattern``), group = ``experiment_name`` (``<name>_<profile>``
+under a profile: ``experiment=table2 profile=cpu`` -> ``table2_cpu``) or the multirun's sweep directory (a sweep
+is one group), tags ``model:…``, ``dataset:…``, ``stage:…``, ``filter:…``, and the
 resolved config with secrets redacted. Per step it logs the summary metrics as ``<step>/<name>`` scalars
 (``eval/acc``, ``filter/pattern/kept``, ``filter/kept_after_rep2``, ``generate/tokens_per_s``,
 ``judge/overall``) into both history and ``run.summary`` (so the runs table compares them side by side),
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 # step name -> metric prefix (the paper's and the dashboard's word for it)
 PREFIX = {"evaluate": "eval"}
 MAIN_GROUPS = ("stage", "model", "dataset")
-NOT_IN_NAME = {"logger", "experiment", "hydra"}
+NOT_IN_NAME = {"logger", "experiment", "profile", "hydra"}  # the group says them
 
 
 class NullLogger:
@@ -72,6 +73,13 @@ def run_name(choices: dict, overrides: list[str], fallback: dict) -> str:
         if key in choices and key not in MAIN_GROUPS and key not in NOT_IN_NAME:
             parts.append(f"{key}={value}")
     return "/".join(parts)
+
+
+def run_group(experiment_name: str | None, choices: dict, sweep: str | None) -> str | None:
+    """``experiment_name`` (suffixed ``_<profile>`` when a profile is applied), else the sweep dir name."""
+    if not experiment_name:
+        return sweep
+    return f"{experiment_name}_{choices['profile']}" if choices.get("profile") else experiment_name
 
 
 def run_tags(choices: dict, fallback: dict, extra: list[str]) -> list[str]:
@@ -151,7 +159,7 @@ class WandbLogger:
         ch, (overrides, sweep) = choices(), hydra_job()
         fallback = {"stage": cfg.stage.name, "model": cfg.model.name, "dataset": cfg.dataset.name}
         name = run_name(ch, overrides, fallback)
-        group = cfg.get("experiment_name") or sweep
+        group = run_group(cfg.get("experiment_name"), ch, sweep)
         argv = sys.argv
         try:
             import wandb
