@@ -78,7 +78,7 @@ def ppl_flips(args) -> None:
     """Paths sampled once (ct2 float32), then each path's ppl under torch fp32 and under each ct2 compute
     type (teacher-forced, ``score_batch``): how far int8 moves ppl and how often the perplexity filter's
     decision (ppl < 5 dropped, paper III-A) flips."""
-    from sert.generate import SamplingSpec
+    from sert.sampling import SamplingSpec
 
     kwargs = {**model_spec(args.model), "device": "cpu", "dtype": "float32"}
     model, tok = load_model(**kwargs)
@@ -106,7 +106,8 @@ def ppl_flips(args) -> None:
 
 
 def speed(args) -> None:
-    from sert.generate import SamplingSpec, generate_hf
+    from sert.generate import generate_hf
+    from sert.sampling import SamplingSpec
 
     kwargs = {**model_spec(args.model), "device": "cpu", "dtype": "float32"}
     items = [(r["qid"], f"Question: {r['question']} Answer:") for r in csqa("train", args.questions)]

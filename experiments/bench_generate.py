@@ -9,7 +9,7 @@ Methods (one process, the model loaded once, timings exclude loading; no stop st
                  (very slow: runs on ``--naive-questions`` questions only, stated in the table);
   * hf_fp32      HF ``generate`` with ALL paths of ALL questions in one left-padded batch (no ppl);
   * hf_bf16      the same in bf16 (only where the CPU has fast bf16);
-  * sert_fp32    ``sert.generate.sample_batch``, all questions in one batch (prompt encoded once, shared KV
+  * sert_fp32    ``sert.sampling.sample_batch``, all questions in one batch (prompt encoded once, shared KV
                  cache, ppl in the loop);
   * sert_bf16    the same in bf16 (only where the CPU has fast bf16);
   * ct2_<type>   ``sert.ct2.generate_ct2`` per CTranslate2 compute type (if sert.ct2 and ctranslate2 exist).
@@ -129,14 +129,14 @@ def run_naive(model, tok, prompts, a) -> dict:
 
 
 def spec_of(a):
-    from sert.generate import SamplingSpec
+    from sert.sampling import SamplingSpec
 
     return SamplingSpec(first_k=a.first_k, samples_per_token=a.samples, top_k=a.top_k, top_p=a.top_p,
                         max_new_tokens=a.max_new_tokens, stop=())
 
 
 def run_sert(model, tok, prompts, a) -> dict:
-    from sert.generate import sample_batch
+    from sert.sampling import sample_batch
 
     paths = []
     for i in range(0, len(prompts), a.batch_size):

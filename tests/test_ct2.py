@@ -16,7 +16,8 @@ from conftest import run_cli, run_dirs  # noqa: E402
 
 from sert import ct2  # noqa: E402
 from sert.engine import DecodeStats, decode  # noqa: E402
-from sert.generate import CANDIDATE_FIELDS, SamplingSpec, sample_batch  # noqa: E402
+from sert.generate import CANDIDATE_FIELDS  # noqa: E402
+from sert.sampling import SamplingSpec, sample_batch  # noqa: E402
 from sert.models import load_model  # noqa: E402
 
 TINY = {"name_or_path": "tiny-random-gpt2", "gguf_file": None, "tokenizer": None, "dtype": "float32",
@@ -174,9 +175,9 @@ def test_cli_generate_backend_ctranslate2_killed_and_resumed(csqa_files, tmp_pat
 
 
 def test_sampler_matches_torch_warp_in_distribution(cache, tiny):
-    """ctranslate2 applies temperature -> top-k -> top-p (renormalised) like sert.generate.warp: 600 first
+    """ctranslate2 applies temperature -> top-k -> top-p (renormalised) like sert.sampling.warp: 600 first
     draws land on warp's support with warp's frequencies (seeded, so the check is deterministic)."""
-    from sert.generate import warp
+    from sert.sampling import warp
 
     model, tok = tiny
     pids = tok(ITEMS[0][1])["input_ids"]

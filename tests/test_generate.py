@@ -10,8 +10,8 @@ import torch
 from conftest import run_cli, run_dirs
 
 from sert.engine import DecodeStats
-from sert.generate import (CANDIDATE_FIELDS, PromptTooLong, SamplingSpec, inverse_cdf, sample_batch,
-                           sample_tokens, warp)
+from sert.generate import CANDIDATE_FIELDS
+from sert.sampling import PromptTooLong, SamplingSpec, inverse_cdf, sample_batch, sample_tokens, warp
 from sert.models import load_model
 
 PROMPTS = ["Question: Where do you keep milk cold? Answer:", "Question: Is water wet? Answer:"]

@@ -5,7 +5,7 @@ and a text decoder for the local teacher / judge, on CPU-friendly int8 / float32
 cached under ``<cache_dir>/ct2/<key>/`` where the key hashes the model's identity (plus a size / mtime
 fingerprint of local weight files), the weight quantization and the ctranslate2 version.
 
-``generate_ct2`` runs the same top-k-alternatives scheme as ``sert.generate.sample_batch``:
+``generate_ct2`` runs the same top-k-alternatives scheme as ``sert.sampling.sample_batch``:
   1. the prompt's raw next-token log-probs (``Generator.forward_batch(return_log_probs=True)``) give the
      top-``first_k`` first tokens and their log-probs;
   2. prompt + first token is continued ``samples_per_token`` times (one batch of ``first_k *
@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sert.artifacts import read_json, stable_hash, write_json
-from sert.engine import Decoded, DecodeStats, fit_prompts, new_token_budget, stop_cut, trim_to_stop
+from sert.engine import Decoded, DecodeStats, decode_batches, stop_cut, trim_to_stop
 from sert.faults import reached
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def _sample_rows(gen, tok, prompt_ids: list[int], firsts: list[tuple[int, float]
 
 def _path(tok, row: list[int], lps: list[float], reason: str, first: int, rank: int | None, sample: int,
           stops: Sequence[str]) -> dict:
-    """One path dict, exactly as ``sert.generate`` builds it (cut before the stop string, ppl over the kept tokens)."""
+    """One path dict, exactly as ``sert.sampling`` builds it (cut before the stop string, ppl over the kept tokens)."""
     n, text = trim_to_stop(tok, row, stops) if reason == "stop" else (len(row), tok.decode(row))
     return {"first_token": tok.decode([first]), "first_token_rank": rank, "sample": sample, "text": text.strip(),
             "token_ids": row[:n], "num_tokens": n, "ppl": math.exp(-sum(lps[:n]) / n) if n else None,
@@ -307,50 +307,32 @@ def decode_ct2(model_kwargs: dict, prompts: Sequence[str], *, max_new_tokens: in
     and cuts the text afterwards: same text, fewer tokens spent). Sampling is seeded once per process
     and model (see the module doc): sampled outputs are reproducible for the same prompts, order and
     ``skip``, but not independent of them."""
-    from tqdm.auto import tqdm
-
-    stats = stats if stats is not None else DecodeStats()
     path, tok, meta, ct = _open(model_kwargs, cache_dir, compute_type)
     key = (str(path), ct)
     if key not in _GENERATORS:  # loading costs seconds for a 1.5B model: keep one per process
         _GENERATORS[key] = _generator(path, ct, seed)
-    gen = _GENERATORS[key]
-    ctx, eos = meta.get("context_length"), tok.eos_token_id
-    ids, truncated = fit_prompts(tok, prompts, ctx, min_new_tokens)
-    # each row's own budget (as engine.decode): a short prompt batched beside a long one keeps its room
-    budget = {i: new_token_budget(len(ids[i]), max_new_tokens, ctx) for i in range(len(ids))}
-    todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
-    out: list[Decoded | None] = [None] * len(prompts)
+    gen, eos = _GENERATORS[key], tok.eos_token_id
     sampling = ({"sampling_topk": top_k, "sampling_topp": top_p, "sampling_temperature": temperature}
                 if temperature > 0 else {"sampling_topk": 1})
     tail = max((len(s) for s in stop), default=0) + 8
-    bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for s in range(0, len(todo), batch_size):
-        batch = todo[s:s + batch_size]
-        results = []
-        for b in sorted({budget[i] for i in batch}):  # one generate_batch per distinct budget (max_length is per call)
-            idx = [i for i in batch if budget[i] == b]
+
+    def batch(start: int, rows: list[list[int]], budgets: list[int]) -> list[tuple[str, int, str]]:
+        results: list[tuple[str, int, str]] = [("", 0, "")] * len(rows)
+        for b in sorted(set(budgets)):  # one generate_batch per distinct budget (max_length is per call)
+            idx = [r for r in range(len(rows)) if budgets[r] == b]
             new: list[list[int]] = [[] for _ in idx]
             stopped = [False] * len(idx)
-            res = gen.generate_batch([tok.convert_ids_to_tokens(ids[i]) for i in idx], max_length=max(b, 1),
+            res = gen.generate_batch([tok.convert_ids_to_tokens(rows[r]) for r in idx], max_length=max(b, 1),
                                      include_prompt_in_result=False, end_token=[eos], return_end_token=True,
                                      callback=_stop_callback(tok, new, None, stopped, stop, tail), **sampling)
-            for r, i in enumerate(idx):
-                row = list(res[r].sequences_ids[0])
+            for j, r in enumerate(idx):
+                row = list(res[j].sequences_ids[0])
                 n = row.index(eos) if eos in row else len(row)
                 text = tok.decode(row[:n], skip_special_tokens=True)
-                reason = "eos" if n < len(row) else "length"
                 cut = stop_cut(text, stop)
-                if cut is not None:
-                    text, reason = text[:cut], "stop"
-                out[i] = Decoded(text, n, reason, len(ids[i]), b, i in truncated)
-                stats.count(out[i], max_new_tokens)
-        results = [out[i] for i in batch]
-        if on_batch:
-            on_batch(batch, results)
-        bar.update(len(batch))
-        bar.set_postfix(tok_s=f"{stats.new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
-    bar.close()
-    stats.seconds += time.perf_counter() - t0
-    return out
+                results[r] = (text, n, "eos" if n < len(row) else "length") if cut is None else (text[:cut], n, "stop")
+        return results
+
+    return decode_batches(tok, prompts, meta.get("context_length"), batch, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, min_new_tokens=min_new_tokens, desc=desc, on_batch=on_batch,
+                          skip=skip, stats=stats if stats is not None else DecodeStats())

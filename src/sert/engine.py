@@ -107,6 +107,41 @@ def stop_cut(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
+Batch = Callable[[int, list[list[int]], list[int]], list[tuple[str, int, str]]]
+"""Decodes one batch: (its start in the sorted order, prompt ids, new-token budgets) -> per row (text, new
+tokens, finish reason)."""
+
+
+def decode_batches(tok, prompts: Sequence[str], context: int | None, batch: Batch, *, max_new_tokens: int,
+                   batch_size: int, min_new_tokens: int, desc: str,
+                   on_batch: Callable[[list[int], list[Decoded]], None] | None, skip: set[int] | frozenset,
+                   stats: DecodeStats) -> list[Decoded | None]:
+    """The outer loop of ``decode`` and ``sert.ct2.decode_ct2``: fit the prompts to the context, sort them
+    longest first, hand ``batch_size`` at a time to ``batch`` with each row's own budget (positions are per
+    row, so a short prompt next to a long one keeps its room), and count, report and return the results."""
+    from tqdm.auto import tqdm
+
+    ids, truncated = fit_prompts(tok, prompts, context, min_new_tokens)
+    todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
+    out: list[Decoded | None] = [None] * len(prompts)
+    bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True, mininterval=2.0)
+    t0 = time.perf_counter()
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s:s + batch_size]
+        budgets = [new_token_budget(len(ids[i]), max_new_tokens, context) for i in idx]
+        rows = batch(s, [ids[i] for i in idx], budgets)
+        for i, budget, (text, n, reason) in zip(idx, budgets, rows):
+            out[i] = Decoded(text, n, reason, len(ids[i]), budget, i in truncated)
+            stats.count(out[i], max_new_tokens)
+        if on_batch:
+            on_batch(idx, [out[i] for i in idx])
+        bar.update(len(idx))
+        bar.set_postfix(tok_s=f"{stats.new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
+    bar.close()
+    stats.seconds += time.perf_counter() - t0
+    return out
+
+
 @torch.no_grad()
 def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, stop: Sequence[str] = (),
@@ -120,43 +155,26 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
     indices it already has. ``min_new_tokens`` is the least room a prompt must leave; a longer prompt is
     left-truncated to ``context - min_new_tokens`` tokens. Sampling (``temperature > 0``) draws from a
     generator seeded with ``seed`` + the batch's start, so it is reproducible for a fixed ``batch_size``."""
-    from tqdm.auto import tqdm
 
-    stats = stats if stats is not None else DecodeStats()
-    ctx = context_length(model)
-    ids, truncated = fit_prompts(tok, prompts, ctx, min_new_tokens)
-    todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
-    out: list[Decoded | None] = [None] * len(prompts)
-    bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True, mininterval=2.0)
-    t0 = time.perf_counter()
-    for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
-        # each row's own budget: positions are per row, so a short prompt next to a long one keeps its room
-        budgets = [new_token_budget(len(ids[i]), max_new_tokens, ctx) for i in idx]
-        pick = _picker(temperature, top_p, top_k, seed + s)
-        rows = decode_batch(model, tok, [ids[i] for i in idx], budgets, pick, stop)
+    def batch(start: int, rows: list[list[int]], budgets: list[int]) -> list[tuple[str, int, str]]:
+        pick = _picker(temperature, top_p, top_k, seed + start)
         results = []
-        for i, budget, (toks, reason) in zip(idx, budgets, rows):
+        for toks, reason in decode_batch(model, tok, rows, budgets, pick, stop):
             text = tok.decode(toks, skip_special_tokens=True)
             cut = stop_cut(text, stop) if reason == "stop" else None
-            out[i] = Decoded(text[:cut] if cut is not None else text, len(toks), reason, len(ids[i]), budget,
-                             i in truncated)
-            stats.count(out[i], max_new_tokens)
-            results.append(out[i])
-        if on_batch:
-            on_batch(idx, results)
-        bar.update(len(idx))
-        bar.set_postfix(tok_s=f"{stats.new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
-    bar.close()
-    stats.seconds += time.perf_counter() - t0
-    return out
+            results.append((text[:cut] if cut is not None else text, len(toks), reason))
+        return results
+
+    return decode_batches(tok, prompts, context_length(model), batch, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, min_new_tokens=min_new_tokens, desc=desc, on_batch=on_batch,
+                          skip=skip, stats=stats if stats is not None else DecodeStats())
 
 
 def _picker(temperature: float, top_p: float, top_k: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Next-token choice from (rows, vocab) logits: argmax, or a seeded draw after top-k/top-p warping."""
     if temperature <= 0:
         return lambda logits: logits.argmax(-1)
-    from sert.generate import warp  # lazy: sert.generate imports this module
+    from sert.sampling import warp  # lazy: sert.sampling imports this module
 
     gen = torch.Generator().manual_seed(seed)
     return lambda logits: torch.multinomial(warp(logits.float().cpu(), top_k, top_p, temperature), 1,

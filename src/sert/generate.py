@@ -1,24 +1,12 @@
 """Latent reasoning path generation (paper II-A1, III-A): ``stage=generate``.
 
-For every question the prompt ``Question: q Answer:`` is encoded ONCE; its last-position logits give
-the first-step distribution, whose top-``first_k`` tokens start the paths. The prompt's KV cache is
-then repeated ``first_k * samples_per_token`` times and all paths of a batch of questions are sampled
-together in one loop (top-k 10 / top-p 0.95 warping, temperature 1). The log-probability of every
-sampled token under the model's RAW distribution (log_softmax of the unwarped, temperature-1 logits)
-is accumulated in the same loop, so ``ppl`` needs no second forward pass.
-
-Randomness is per question: a ``torch.Generator`` seeded from (seed, qid) draws one uniform per path
-per step and tokens are drawn by inverse CDF, so a question's samples do not depend on which other
-questions share its batch (``batch_size`` is not part of the cache key). Left padding only changes
-logits at float-rounding level, which can in principle flip a sample whose uniform lands within ~1e-6
-of a CDF boundary; we accept that.
-
-Speed (CPU): the prompt's KV cache lives in buffers preallocated for the whole generation (no per-step
-``torch.cat``), finished rows leave the cache only once they are more than 1/16 of the batch, the warp
-takes ``torch.topk`` first (no full-vocabulary sort), the sampled token's log-prob is ``logit -
-logsumexp`` and stop strings are checked only for rows whose newest token could complete one.
-Context: each question's new-token budget is clamped to the room its prompt leaves in the model's
-context; a prompt that alone fills it is refused (``PromptTooLong``).
+Every question gets ``first_k * samples_per_token`` paths, each scored with its ``ppl`` under the model's
+raw distribution. The paths come from a backend built with ``hydra.utils.instantiate`` on
+``generation.sampler._target_``, which ``generation.backend`` picks (``Backends``): ``HFBackend`` (the
+batched KV-cache sampler of ``sert.sampling``), ``VLLMBackend`` (GPU machines) or ``CT2Backend``
+(``sert.ct2``). All three take the same constructor arguments and the same call, and name what they add
+to the cache key (``material``). Each finished batch is written as an atomic part file, so a killed run
+resumes with the questions it has not finished.
 """
 
 from __future__ import annotations
@@ -28,296 +16,26 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, fields
 from pathlib import Path
 
-import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
-from transformers.cache_utils import DynamicLayer
 
 from sert import faults
-from sert.artifacts import read_jsonl, stable_hash, write_jsonl
+from sert.artifacts import read_jsonl, write_jsonl
 from sert.config.data import DType
 from sert.config.steps import GenerationBackend, GenerationConfig, GenerationMode
-from sert.engine import DecodeStats, context_length, stop_cut, trim_to_stop
+from sert.sampling import SamplingSpec, check_context, sample_batch
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_FIELDS = ("qid", "question", "answer", "first_token", "first_token_rank", "sample", "text",
                     "num_tokens", "ppl", "finish_reason")
-
-
-@dataclass
-class SamplingSpec:
-    mode: str = "topk_alternatives"  # topk_alternatives | raw
-    first_k: int = 5
-    samples_per_token: int = 5
-    top_k: int = 10
-    top_p: float = 0.95
-    temperature: float = 1.0
-    max_new_tokens: int = 256
-    stop: Sequence[str] = ("Question:",)
-
-    @property
-    def paths_per_question(self) -> int:
-        return self.first_k * self.samples_per_token
-
-
-# ----------------------------------------------------------------------------- sampling primitives
-def warp(logits: torch.Tensor, top_k: int, top_p: float, temperature: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) on a (rows, vocab) logits tensor -> probabilities.
-
-    The full-vocabulary reference; ``sample_tokens`` uses it only when top-k is off."""
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep tokens until mass reaches top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(-1)
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Draw one index per row of ``probs`` from uniforms ``u`` (rows,) in [0, 1)."""
-    cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    return idx.clamp_(max=probs.shape[-1] - 1)
-
-
-def sample_tokens(logits: torch.Tensor, top_k: int, top_p: float, temperature: float, u: torch.Tensor) -> torch.Tensor:
-    """One token id per row: the warped distribution (``warp``) drawn by inverse CDF over vocabulary order.
-
-    With top-k set, only the k largest logits are touched (``torch.topk``, no full-vocabulary sort):
-    top-p is applied within them and the draw walks the kept ids in ascending id order, which is the
-    full-vocabulary CDF with the zero-probability ids left out, i.e. the same token for the same ``u``."""
-    if not 0 < top_k < logits.shape[-1]:
-        return inverse_cdf(warp(logits, top_k, top_p, temperature), u)
-    vals, idx = torch.topk(logits / temperature, top_k, dim=-1)  # sorted, largest first
-    probs = vals.softmax(-1)
-    if top_p < 1.0:
-        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
-    idx, order = idx.sort(-1)  # back to vocabulary order for the draw
-    return idx.gather(-1, inverse_cdf(probs.gather(-1, order), u)[:, None]).squeeze(-1)
-
-
-def question_generator(seed: int, qid: str) -> torch.Generator:
-    return torch.Generator().manual_seed(int(stable_hash([seed, qid]), 16) % (2**63))
-
-
-class PromptTooLong(ValueError):
-    pass
-
-
-def new_token_budgets(lengths: Sequence[int], qids: Sequence[str], max_new_tokens: int, context: int | None) -> list[int]:
-    """Per question, the new tokens the context leaves room for: ``max_new_tokens`` clamped to
-    ``context - prompt length``. A prompt that leaves no room at all is refused (cutting the question
-    would change what is asked)."""
-    if context is None:
-        return [max_new_tokens] * len(lengths)
-    for q, n in zip(qids, lengths):
-        if n >= context:
-            raise PromptTooLong(f"question {q!r}: its generation prompt has {n} tokens but the model's context is "
-                                f"{context} positions, no room for a single new token; shorten or drop it")
-    return [min(max_new_tokens, context - n) for n in lengths]
-
-
-class _PreallocatedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys/values live in a buffer sized for the whole generation: each step
-    writes its position in place instead of ``torch.cat``-ing a copy of the whole cache."""
-
-    def preallocate(self, capacity: int) -> None:
-        k, v = self.keys, self.values
-        self.n = k.shape[-2]
-        self.kbuf = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
-        self.vbuf = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
-        self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n] = k, v
-        self._views()
-
-    def _views(self) -> None:
-        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        m = key_states.shape[-2]
-        self.kbuf[:, :, self.n:self.n + m] = key_states
-        self.vbuf[:, :, self.n:self.n + m] = value_states
-        self.n += m
-        self._views()
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows ``indices``, copying only the filled positions (not the unused capacity)."""
-        for name in ("kbuf", "vbuf"):
-            buf = getattr(self, name)
-            new = buf.new_empty(len(indices), *buf.shape[1:])
-            new[:, :, :self.n] = buf[indices, :, :self.n]
-            setattr(self, name, new)
-        self._views()
-
-
-def _preallocate(cache, capacity: int) -> bool:
-    """Switch a freshly filled DynamicCache to preallocated layers (False if it has other layer kinds)."""
-    if not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
-        return False
-    for layer in cache.layers:
-        layer.__class__ = _PreallocatedLayer
-        layer.preallocate(capacity)
-    return True
-
-
-_STOP_TOKENS: dict[tuple, torch.Tensor] = {}
-
-
-def _stop_candidates(tok, stops: Sequence[str]) -> torch.Tensor:
-    """(vocab,) bool: tokens whose text could complete a stop string (contain the last character of one,
-    or decode to nothing / a partial character). Only rows that just sampled such a token are decoded."""
-    key = (id(tok), getattr(tok, "name_or_path", ""), len(tok), tuple(stops))
-    if key not in _STOP_TOKENS:
-        lasts = {s[-1] for s in stops if s}
-        texts = tok.batch_decode([[i] for i in range(len(tok))])
-        _STOP_TOKENS[key] = torch.tensor([not t.strip() or "\ufffd" in t or any(c in t for c in lasts) for t in texts])
-    return _STOP_TOKENS[key]
-
-
-# ----------------------------------------------------------------------------- the batched sampler
-@torch.no_grad()
-def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: SamplingSpec, seed: int,
-                 stats: DecodeStats | None = None) -> list[list[dict]]:
-    """All paths of a batch of questions. Returns per question a list of path dicts (first_token,
-    first_token_rank, sample, text, token_ids, num_tokens, ppl, finish_reason).
-
-    ``stats`` (optional) counts rows whose new-token budget was clamped to the model's context."""
-    device = next(model.parameters()).device
-    B, K, S, P = len(prompts), spec.first_k, spec.samples_per_token, spec.paths_per_question
-    R = B * P
-    gens = [question_generator(seed, q) for q in qids]
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
-    budgets = new_token_budgets(enc.attention_mask.sum(1).tolist(), qids, spec.max_new_tokens, context_length(model))
-    if stats is not None:
-        stats.prompts += B
-        stats.clamped += P * sum(b < spec.max_new_tokens for b in budgets)
-        stats.clamped_to += [b for b in budgets if b < spec.max_new_tokens]
-    steps = max(budgets)
-    budget = torch.tensor(budgets, device=device).repeat_interleave(P)  # (R,)
-    prompt_len = enc.input_ids.shape[1]
-    mask = torch.zeros(B, prompt_len + steps, dtype=enc.attention_mask.dtype, device=device)
-    mask[:, :prompt_len] = enc.attention_mask
-    pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos, use_cache=True,
-                logits_to_keep=1)
-    first_logits = out.logits[:, -1].float()  # (B, V); log-probs always in fp32
-    first_logp = first_logits.log_softmax(-1)
-
-    # first tokens: top-k alternatives (rank r repeated S times) or plain warped sampling
-    if spec.mode == "topk_alternatives":
-        ranks = torch.arange(K).repeat_interleave(S)  # (P,)
-        first = torch.topk(first_logits, K, dim=-1).indices[:, ranks]  # (B, P)
-    elif spec.mode == "raw":
-        ranks = None
-        u = torch.stack([torch.rand(P, generator=g) for g in gens]).to(device)  # (B, P)
-        first = sample_tokens(first_logits.repeat_interleave(P, 0), spec.top_k, spec.top_p, spec.temperature,
-                              u.reshape(-1)).reshape(B, P)
-    else:
-        raise ValueError(f"generation.mode must be topk_alternatives or raw, got {spec.mode!r}")
-
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(P)  # the prompt is encoded once, its cache shared by P paths
-    _preallocate(cache, prompt_len + steps)
-    mask = mask.repeat_interleave(P, 0)
-    next_pos = pos[:, -1].repeat_interleave(P) + 1  # (R,)
-    tokens = first.reshape(-1)  # (R,)
-    logps = [first_logp.repeat_interleave(P, 0).gather(1, tokens[:, None]).squeeze(1)]
-    ids = [tokens]
-    eos = tok.eos_token_id
-    done = (tokens == eos) | (budget <= 1)
-    finish = ["eos" if t == eos else "" for t in tokens.tolist()]
-    stops = [s for s in spec.stop if s]
-    stop_tokens = _stop_candidates(tok, stops).to(device) if stops else None
-    tail = max((len(s) for s in stops), default=0) + 8  # tokens decoded for the stop-string check
-    _check_stops(tok, ids, torch.arange(R, device=device), done, finish, stops, tail, stop_tokens)
-    rows = torch.arange(R, device=device)  # rows still in the batch, in cache order
-    for t in range(1, steps):
-        if bool(done.all()):
-            break
-        finished = done[rows]
-        if 16 * int(finished.sum()) > len(rows):  # compact now and then: finished rows leave the KV cache
-            keep = (~finished).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, mask, next_pos = rows[keep], mask[keep], next_pos[keep]
-        width = prompt_len + t
-        mask[:, width - 1] = 1
-        out = model(input_ids=tokens[rows][:, None], attention_mask=mask[:, :width], position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, next_pos = out.past_key_values, next_pos + 1
-        logits = out.logits[:, -1].float()
-        u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
-        step_tok = sample_tokens(logits, spec.top_k, spec.top_p, spec.temperature, u[rows])
-        step_lp = logits.gather(1, step_tok[:, None]).squeeze(1) - logits.logsumexp(-1)  # raw log p, no (rows, V) copy
-        live = ~done[rows]
-        tokens = torch.full((R,), eos, dtype=torch.long, device=device)
-        tokens[rows[live]] = step_tok[live]
-        lp = torch.zeros(R, device=device)
-        lp[rows[live]] = step_lp[live]
-        ids.append(tokens), logps.append(lp)
-        faults.reached("generate.step")
-        newly_eos = torch.zeros(R, dtype=torch.bool, device=device)
-        newly_eos[rows[live]] = step_tok[live] == eos
-        for r in newly_eos.nonzero().squeeze(1).tolist():
-            finish[r] = "eos"
-        live_rows = rows[live]
-        done = done | newly_eos
-        _check_stops(tok, ids, live_rows, done, finish, stops, tail, stop_tokens)
-        done = done | (budget <= t + 1)  # the row's context room is used up: finish_reason "length"
-
-    return _assemble(tok, torch.stack(ids, 1).cpu(), torch.stack(logps, 1).cpu(), finish, ranks, B, P, S, spec.stop)
-
-
-def _check_stops(tok, ids: list[torch.Tensor], rows: torch.Tensor, done: torch.Tensor, finish: list[str],
-                 stops: Sequence[str], tail: int, stop_tokens: torch.Tensor | None) -> None:
-    """Mark rows whose recent text contains a stop string (decoding only the last ``tail`` tokens, and
-    only for rows whose newest token could complete one)."""
-    if not stops:
-        return
-    rows = rows[stop_tokens[ids[-1][rows]] & ~done[rows]]
-    if not len(rows):
-        return
-    recent = torch.stack(ids[-tail:], 1)[rows].cpu()
-    for r, row in zip(rows.tolist(), recent.tolist()):
-        if stop_cut(tok.decode(row), stops) is not None:
-            done[r] = True
-            finish[r] = "stop"
-
-
-def _assemble(tok, ids: torch.Tensor, logps: torch.Tensor, finish: list[str], ranks, B: int, P: int, S: int,
-              stops: Sequence[str]) -> list[list[dict]]:
-    """Turn the sampled (rows, steps) tokens into path dicts: cut at EOS / stop string, score ppl."""
-    eos = tok.eos_token_id
-    results: list[list[dict]] = [[] for _ in range(B)]
-    for r in range(B * P):
-        row = ids[r].tolist()
-        n = row.index(eos) if eos in row else len(row)  # EOS itself is not part of the completion
-        reason = finish[r] or "length"
-        n, text = trim_to_stop(tok, row[:n], stops) if reason == "stop" else (n, tok.decode(row[:n]))
-        lp = logps[r, :n]
-        ppl = float(torch.exp(-lp.mean())) if n else None
-        q, p = divmod(r, P)
-        results[q].append({
-            "first_token": tok.decode([row[0]]),
-            "first_token_rank": None if ranks is None else int(ranks[p]),
-            "sample": p if ranks is None else p % S,
-            "text": text.strip(),
-            "token_ids": row[:n],
-            "num_tokens": n,
-            "ppl": ppl,
-            "finish_reason": reason,
-        })
-    return results
+Items = list[tuple[str, str]]  # (qid, generation prompt) per question
+Save = Callable[[list[int], list[list[dict]]], None]  # (indices into items, their paths): once they are final
 
 
 # ----------------------------------------------------------------------------- the HF backend over a dataset
@@ -394,6 +112,65 @@ def _vllm_path(tok, c, first: tuple[int, float] | None, rank: int | None, sample
             "ppl": math.exp(-sum(lps) / len(lps)) if lps else None, "finish_reason": reason}
 
 
+# ----------------------------------------------------------------------------- the backends (one signature)
+class HFBackend:
+    """``generation.backend=hf``: ``sert.sampling.sample_batch`` over a transformers model, ``batch_size``
+    questions at a time."""
+
+    def __init__(self, g: GenerationConfig, model_kwargs: dict, dtype: str, cache_dir: str):
+        self.model_kwargs, self.dtype, self.batch_size = {**model_kwargs, "dtype": dtype}, dtype, g.batch_size
+
+    def material(self) -> dict:
+        return {"dtype": self.dtype}
+
+    def __call__(self, items: Items, spec: SamplingSpec, seed: int, save: Save, skip: set[int]) -> int:
+        """Sample the paths of every item not in ``skip``; returns the paths whose budget the context clamped."""
+        from sert.models import load_model
+
+        model, tok = load_model(**self.model_kwargs)
+        clamped = check_context(model, tok, items, spec)  # refuses a prompt that alone fills the context
+        todo = [i for i in range(len(items)) if i not in skip]
+        generate_hf(model, tok, [items[i] for i in todo], spec, seed, self.batch_size,
+                    on_batch=lambda j, paths: save(todo[j:j + len(paths)], paths), done=len(skip))
+        return clamped
+
+
+class VLLMBackend(HFBackend):
+    """``generation.backend=vllm``: ``generate_vllm`` (GPU machines), all questions in one call."""
+
+    def __call__(self, items: Items, spec: SamplingSpec, seed: int, save: Save, skip: set[int]) -> int:
+        todo = [i for i in range(len(items)) if i not in skip]
+        save(todo, generate_vllm(self.model_kwargs, [items[i] for i in todo], spec, seed))
+        return 0
+
+
+class CT2Backend:
+    """``generation.backend=ctranslate2``: ``sert.ct2.generate_ct2``, one question at a time in
+    ``generation.ct2_compute_type`` (not the torch dtype, which is why that is its cache-key part)."""
+
+    def __init__(self, g: GenerationConfig, model_kwargs: dict, dtype: str, cache_dir: str):
+        self.model_kwargs, self.compute_type, self.cache_dir = model_kwargs, g.ct2_compute_type, cache_dir
+
+    def material(self) -> dict:
+        return {"ct2_compute_type": self.compute_type}
+
+    def __call__(self, items: Items, spec: SamplingSpec, seed: int, save: Save, skip: set[int]) -> int:
+        from sert.ct2 import generate_ct2
+
+        todo = [i for i in range(len(items)) if i not in skip]
+        generate_ct2(self.model_kwargs, [items[i] for i in todo], spec, seed, self.compute_type, self.cache_dir,
+                     on_batch=lambda j, paths: save([todo[j]], paths))
+        return 0
+
+
+class Backends:
+    """What ``generation.sampler._target_`` (``sert.generate.Backends.${generation.backend}``) names."""
+
+    hf = HFBackend
+    vllm = VLLMBackend
+    ctranslate2 = CT2Backend
+
+
 # ----------------------------------------------------------------------------- durable batches (resume)
 def write_part(path: Path, rows: list[dict]) -> None:
     """Write one batch's rows as a unit: temp file, fsync, atomic rename. A kill leaves either the whole
@@ -425,51 +202,29 @@ def load_parts(parts: Path, paths_per_question: int) -> dict[str, list[dict]]:
     return done
 
 
-def check_context(model, tok, items: list[tuple[str, str]], spec: SamplingSpec) -> int:
-    """Before any sampling: refuse a prompt that alone fills the model's context (``PromptTooLong``) and
-    warn once about the paths whose ``max_new_tokens`` the context clamps. Returns those paths' count."""
-    qids = [q for q, _ in items]
-    lengths = [len(tok(p)["input_ids"]) for _, p in items]
-    budgets = new_token_budgets(lengths, qids, spec.max_new_tokens, context_length(model))
-    short = [b for b in budgets if b < spec.max_new_tokens]
-    if short:
-        log.warning("generation.max_new_tokens=%d does not fit the model's %d-position context after the prompt "
-                    "for %d of %d questions (%d paths): they stop at the context end (finish_reason length) after "
-                    "%d-%d new tokens", spec.max_new_tokens, context_length(model), len(short), len(items),
-                    len(short) * spec.paths_per_question, min(short), max(short))
-    return len(short) * spec.paths_per_question
-
-
 # ----------------------------------------------------------------------------- the step
 def spec_from_cfg(g: GenerationConfig) -> SamplingSpec:
-    return SamplingSpec(mode=GenerationMode(g.mode).value, first_k=g.first_k,
-                        samples_per_token=g.samples_per_token, top_k=g.top_k, top_p=g.top_p,
-                        temperature=g.temperature, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop))
+    spec = {f.name: getattr(g, f.name) for f in fields(SamplingSpec)}
+    return SamplingSpec(**{**spec, "mode": GenerationMode(g.mode).value, "stop": tuple(g.stop)})
 
 
 def run(ctx):
     """``stage=generate``: candidates.jsonl for the configured split (cached by model + generation cfg)."""
-    from dataclasses import asdict
-
     from sert.hardware import resolve_dtype
     from sert.models import resolve_device
 
     g: GenerationConfig = OmegaConf.to_object(ctx.cfg.generation)
     spec = spec_from_cfg(g)
-    backend = GenerationBackend(g.backend).value
     ds = ctx.dataset()
     prompts = ctx.prompts
     items = [(r.qid, prompts.generation_prompt(r)) for r in ds.records]
     by_qid = {r.qid: r for r in ds.records}
     dtype = resolve_dtype(DType(g.dtype).value, resolve_device(ctx.cfg.device))
     log.info("generation dtype: %s (generation.dtype=%s)", dtype, DType(g.dtype).value)
-    model_kwargs = {**ctx.model_kwargs(), "dtype": dtype}
+    backend = instantiate(g.sampler, g, ctx.model_kwargs(), dtype, ctx.cfg.paths.cache_dir)
     material = {"model": ctx.model_identity(), "sampling": {**asdict(spec), "stop": list(spec.stop)},
-                "backend": backend, "seed": ctx.cfg.seed, "prompt": prompts.generate}
-    if backend == "ctranslate2":  # ct2 computes in its own compute type, not the torch dtype
-        material["ct2_compute_type"] = g.ct2_compute_type
-    else:
-        material["dtype"] = dtype
+                "backend": GenerationBackend(g.backend).value, "seed": ctx.cfg.seed, "prompt": prompts.generate,
+                **backend.material()}
 
     def rows_of(qid: str, paths: list[dict]) -> list[dict]:
         rec = by_qid[qid]
@@ -480,38 +235,17 @@ def run(ctx):
         parts = d / "parts"  # one atomically written file per finished batch: a killed run resumes here
         done = load_parts(parts, spec.paths_per_question)
         done = {q: done[q] for q, _ in items if q in done}
-        todo = [(i, q, p) for i, (q, p) in enumerate(items) if q not in done]
         if done:
             log.info("resuming generation after %d/%d questions (their paths are in %s)", len(done), len(items), parts)
-        clamped = 0
-        if backend == "vllm":
-            results = generate_vllm(model_kwargs, items, spec, ctx.cfg.seed)
-            done = {q: rows_of(q, paths) for (q, _), paths in zip(items, results)}
-        elif backend == "ctranslate2":  # sert.ct2: one question at a time, seeded per question
-            from sert.ct2 import generate_ct2
+        resumed = len(done)
 
-            def save_question(i: int, paths: list[list[dict]]) -> None:
-                index, q, _ = todo[i]
-                done[q] = rows_of(q, paths[0])
-                write_part(parts / f"part-{index:06d}.jsonl", done[q])
+        def save(indices: list[int], paths: list[list[dict]]) -> None:
+            rows = {items[i][0]: rows_of(items[i][0], ps) for i, ps in zip(indices, paths)}
+            write_part(parts / f"part-{indices[0]:06d}.jsonl", [row for rs in rows.values() for row in rs])
+            faults.reached("generate.batch_saved")
+            done.update(rows)
 
-            generate_ct2(ctx.model_kwargs(), [(q, p) for _, q, p in todo], spec, ctx.cfg.seed, g.ct2_compute_type,
-                         ctx.cfg.paths.cache_dir, on_batch=save_question)
-        else:
-            from sert.models import load_model
-
-            model, tok = load_model(**model_kwargs)
-            clamped = check_context(model, tok, items, spec)  # refuses a prompt that alone fills the context
-
-            def save(i: int, paths: list[list[dict]]) -> None:
-                batch = todo[i:i + len(paths)]
-                rows = [row for (_, q, _), ps in zip(batch, paths) for row in rows_of(q, ps)]
-                write_part(parts / f"part-{batch[0][0]:06d}.jsonl", rows)
-                faults.reached("generate.batch_saved")
-                done.update({q: rows_of(q, ps) for (_, q, _), ps in zip(batch, paths)})
-
-            generate_hf(model, tok, [(q, p) for _, q, p in todo], spec, ctx.cfg.seed, g.batch_size, on_batch=save,
-                        done=len(done))
+        clamped = backend(items, spec, ctx.cfg.seed, save, {i for i, (q, _) in enumerate(items) if q in done})
         rows = [row for q, _ in items for row in done[q]]
         write_jsonl(d / "candidates.jsonl", rows)
         shutil.rmtree(parts, ignore_errors=True)
@@ -521,7 +255,7 @@ def run(ctx):
         metrics = {"generate/candidates": len(rows), "generate/questions": len(items),
                    "generate/tokens": ntok, "generate/samples_per_s": round(len(rows) / max(seconds, 1e-9), 2),
                    "generate/clamped_rows": clamped, **{f"generate/finish_{k}": v for k, v in finish.items()}}
-        return {"candidates": len(rows), "questions": len(items), "resumed_questions": len(items) - len(todo),
+        return {"candidates": len(rows), "questions": len(items), "resumed_questions": resumed,
                 "dtype": dtype, "clamped_rows": clamped, "metrics": metrics}
 
     out = ctx.cached("generate", material, [ds], build)

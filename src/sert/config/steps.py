@@ -19,6 +19,17 @@ class GenerationBackend(str, Enum):
     vllm = "vllm"  # optional extra for GPU machines
     ctranslate2 = "ctranslate2"  # optional extra sert[ct2]: CPU int8/fp32 kernels (sert.ct2.generate_ct2)
 
+    def __str__(self) -> str:  # the value, also where ``${generation.backend}`` is interpolated into a string
+        return self.value
+
+
+@dataclass
+class GenerationSampler:
+    """The backend the generate step builds with ``hydra.utils.instantiate``; ``generation.backend`` picks it
+    (or name a class of your own here, with ``sert.generate.HFBackend``'s constructor and call)."""
+
+    _target_: str = "sert.generate.Backends.${..backend}"
+
 
 @dataclass
 class GenerationConfig:
@@ -41,6 +52,7 @@ class GenerationConfig:
     # and it is not part of the cache key.
     batch_size: int = 8
     backend: GenerationBackend = GenerationBackend.hf
+    sampler: GenerationSampler = field(default_factory=GenerationSampler)  # built from ``backend``
     # backend=ctranslate2: float32 (ppl matches torch) | int8 (faster, but moves ppl: README) | bfloat16
     ct2_compute_type: str = "float32"
     # The model's compute dtype while sampling. auto = bfloat16 only on hardware with fast bf16
