@@ -140,7 +140,8 @@ class VLLMBackend(HFBackend):
 
     def __call__(self, items: Items, spec: SamplingSpec, seed: int, save: Save, skip: set[int]) -> int:
         todo = [i for i in range(len(items)) if i not in skip]
-        save(todo, generate_vllm(self.model_kwargs, [items[i] for i in todo], spec, seed))
+        if todo:
+            save(todo, generate_vllm(self.model_kwargs, [items[i] for i in todo], spec, seed))
         return 0
 
 
