@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SERT_SHARED_DIR", ROOT.parent / "shared"))
@@ -52,6 +53,20 @@ def compose(*overrides: str):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+# Tests that compare two trainings bit for bit run them on one thread: multi-threaded bf16 training on an
+# AMX CPU differed between identical runs in the 5th digit of the loss (README "Training resume").
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test (deterministic CPU kernels), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(*overrides: str, out: Path, check: bool = True, timeout: int = 600, env: dict | None = None):

@@ -308,7 +308,7 @@ def test_cli_finetune_real_model(tmp_path):
 
 # ----------------------------------------------------------------------------- clipping and precision
 @pytest.mark.parametrize("cls", [HFTrainer, LoopTrainer])
-def test_max_grad_norm_zero_or_null_means_no_clipping(cls, tmp_path):
+def test_max_grad_norm_zero_or_null_means_no_clipping(cls, tmp_path, one_torch_thread):
     def weights(max_grad_norm):
         model, tok = tiny()
         cls(max_steps=3, batch_size=4, lr=1e-3, max_grad_norm=max_grad_norm, save_strategy="no").train(

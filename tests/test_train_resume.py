@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CSQA_ROWS, run_cli, run_dirs
+from conftest import CSQA_ROWS, ONE_THREAD, run_cli, run_dirs
 from sert.artifacts import read_json
 from sert.models import load_model
 from sert.training.base import TOTALS
@@ -24,6 +24,7 @@ EXAMPLES = [Example(f"Question: what is {i} plus one? Answer:", f" {i} and one. 
             for i in range(8)]
 # 3 training rows, batch 1: 3 steps per epoch, 9 steps in 3 epochs, a checkpoint after each epoch
 SAME = ("train_loss", "steps", "epochs", "tokens", "padded_tokens", "examples", "precision")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the in-process tests compare weights bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 def finetune(data, out: Path, trainer: str, *, check=True, env=None):
     return run_cli("stage=finetune", "stage.steps=[finetune]", "model=tiny", "device=cpu", f"trainer={trainer}",
                    f"dataset.path={data[0]}", f"dataset.split_file={data[1]}", "trainer.epochs=3",
-                   "trainer.batch_size=1", "trainer.logging_steps=1", "seed=7", out=out, check=check, env=env)
+                   "trainer.batch_size=1", "trainer.logging_steps=1", "seed=7", out=out, check=check,
+                   env={**ONE_THREAD, **(env or {})})
 
 
 def entry(out: Path) -> Path:
