@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sert.artifacts import read_json, stable_hash, write_json
-from sert.engine import Decoded, DecodeStats, decode_batches, stop_cut, trim_to_stop
+from sert.engine import Decoded, DecodeStats, decode_batches, path_record, stop_cut
 from sert.faults import reached
 
 log = logging.getLogger(__name__)
@@ -227,15 +227,6 @@ def _sample_rows(gen, tok, prompt_ids: list[int], firsts: list[tuple[int, float]
     return rows, lps, [f or "length" for f in finish]
 
 
-def _path(tok, row: list[int], lps: list[float], reason: str, first: int, rank: int | None, sample: int,
-          stops: Sequence[str]) -> dict:
-    """One path dict, exactly as ``sert.sampling`` builds it (cut before the stop string, ppl over the kept tokens)."""
-    n, text = trim_to_stop(tok, row, stops) if reason == "stop" else (len(row), tok.decode(row))
-    return {"first_token": tok.decode([first]), "first_token_rank": rank, "sample": sample, "text": text.strip(),
-            "token_ids": row[:n], "num_tokens": n, "ppl": math.exp(-sum(lps[:n]) / n) if n else None,
-            "finish_reason": reason}
-
-
 def question_seed(seed: int, qid: str) -> int:
     return int(stable_hash([seed, qid]), 16) % (2**32)
 
@@ -258,7 +249,7 @@ def _question(gen, tok, prompt: str, spec, eos: int) -> list[dict]:
     paths = []
     for p in range(P):
         first = firsts[p][0] if firsts[p] else (rows[p][0] if rows[p] else eos)
-        paths.append(_path(tok, rows[p], lps[p], finish[p], first, ranks[p],
+        paths.append(path_record(tok, rows[p], lps[p], finish[p], first, ranks[p],
                            p % S if ranks[p] is not None else p, spec.stop))
     return paths
 

@@ -17,6 +17,7 @@ step can warn once and record them in its summary.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,16 @@ def trim_to_stop(tok, row: list[int], stops: Sequence[str]) -> tuple[int, str]:
     while n > 0 and len(tok.decode(row[:n])) > cut:
         n -= 1
     return n, text[:cut]
+
+
+def path_record(tok, row: list[int], lps: list[float], reason: str, first: int, rank: int | None, sample: int,
+                stops: Sequence[str]) -> dict:
+    """One latent path as ``sert.sampling`` records it, for the ct2 and vLLM samplers: the text cut before a stop
+    string (``reason == "stop"``), ppl over the kept tokens' log-probs ``lps`` (the first token's included)."""
+    n, text = trim_to_stop(tok, row, stops) if reason == "stop" else (len(row), tok.decode(row))
+    return {"first_token": tok.decode([first]), "first_token_rank": rank, "sample": sample, "text": text.strip(),
+            "token_ids": row[:n], "num_tokens": n, "ppl": math.exp(-sum(lps[:n]) / n) if n else None,
+            "finish_reason": reason}
 
 
 def stop_cut(text: str, stops: Sequence[str]) -> int | None:

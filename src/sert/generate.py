@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from sert import faults
 from sert.artifacts import read_jsonl, write_jsonl
 from sert.config.data import DType
 from sert.config.steps import GenerationBackend, GenerationConfig, GenerationMode
+from sert.engine import path_record
 from sert.sampling import SamplingSpec, check_context, sample_batch
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def generate_hf(model, tok, items: list[tuple[str, str]], spec: SamplingSpec, se
 
 
 def generate_vllm(model_kwargs: dict, items: list[tuple[str, str]], spec: SamplingSpec, seed: int) -> list[list[dict]]:
-    """Same outputs through vLLM (GPU machines; optional extra, untested here: no GPU on the dev box).
+    """Same outputs through vLLM (GPU machines; an optional extra). Never run on a real vLLM here (no GPU):
+    ``tests/test_generate_vllm.py`` checks it against a fake module with vLLM's output types.
 
     First step: one request per question with ``max_tokens=1, logprobs=first_k`` gives the top-k first
     tokens; then ``samples_per_token`` continuations of prompt + token with ``logprobs=0`` (the sampled
@@ -81,7 +83,7 @@ def generate_vllm(model_kwargs: dict, items: list[tuple[str, str]], spec: Sampli
                   max_tokens=spec.max_new_tokens - 1, logprobs=0, seed=seed)
     if spec.mode == "raw":
         outs = llm.generate(prompts, SamplingParams(n=K * S, **{**common, "max_tokens": spec.max_new_tokens}))
-        return [[_vllm_path(tok, c, None, None, j) for j, c in enumerate(o.outputs)] for o in outs]
+        return [[_vllm_path(tok, c, None, None, j, spec.stop) for j, c in enumerate(o.outputs)] for o in outs]
     first = llm.generate(prompts, SamplingParams(max_tokens=1, logprobs=K, temperature=0.0))
     conts, meta = [], []
     for q, o in enumerate(first):
@@ -93,23 +95,25 @@ def generate_vllm(model_kwargs: dict, items: list[tuple[str, str]], spec: Sampli
     results: list[list[dict]] = [[] for _ in items]
     for (q, rank, tid, lp0), o in zip(meta, outs):
         for j, c in enumerate(o.outputs):
-            results[q].append(_vllm_path(tok, c, (tid, lp0), rank, j))
+            results[q].append(_vllm_path(tok, c, (tid, lp0), rank, j, spec.stop))
     return results
 
 
-def _vllm_path(tok, c, first: tuple[int, float] | None, rank: int | None, sample: int) -> dict:
-    import math
-
+def _vllm_path(tok, c, first: tuple[int, float] | None, rank: int | None, sample: int,
+               stops: Sequence[str]) -> dict:
+    """A vLLM ``CompletionOutput`` as a path record: the first token (top-k mode) prepended, EOS dropped, the
+    sampled tokens' logprobs (with ``logprobs=0`` each position holds the sampled token, maybe plus a top-1
+    that differs from it), cut before a stop string as the other samplers do (vLLM cuts the text, not the ids)."""
+    if c.logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs; the paths' perplexity needs SamplingParams(logprobs=0)")
     ids = list(c.token_ids)
-    lps = [next(iter(d.values())).logprob if len(d) == 1 else d[t].logprob for t, d in zip(ids, c.logprobs or [])]
+    lps = [d[t].logprob for t, d in zip(ids, c.logprobs)]
     if first is not None:
         ids, lps = [first[0], *ids], [first[1], *lps]
     if ids and ids[-1] == tok.eos_token_id:
         ids, lps = ids[:-1], lps[:-1]
     reason = {"stop": "stop" if c.stop_reason is not None else "eos", "length": "length"}.get(c.finish_reason, c.finish_reason)
-    return {"first_token": tok.decode(ids[:1]), "first_token_rank": rank, "sample": sample,
-            "text": tok.decode(ids).strip(), "token_ids": ids, "num_tokens": len(ids),
-            "ppl": math.exp(-sum(lps) / len(lps)) if lps else None, "finish_reason": reason}
+    return path_record(tok, ids, lps, reason, ids[0] if ids else tok.eos_token_id, rank, sample, stops)
 
 
 # ----------------------------------------------------------------------------- the backends (one signature)
