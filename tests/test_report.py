@@ -278,11 +278,22 @@ def test_paired_differences(tmp_path: Path):
     seeded_cell(root, "sert_rd", [[True] * 10, [True] * 5 + [False] * 5])  # +100 and +50 pp -> mean 75
     text = build_report(root, plots=False)[0].read_text()
     diffs = text[text.index("### Paired differences"):]
-    assert "| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | 2×10 |" in diffs
+    assert ("| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | 2×10 | "
+            "s0 +0.00, s1 +0.00 |") in diffs
     line = next(ln for ln in diffs.splitlines() if "SERT+RD − RD" in ln)
     mean, lo, hi = _ci(line.split("|")[4].strip())
     # seed 0 gains 100 pp on every question; seed 1 gains 50 pp (5 of 10): the draws that take seed 0 twice give 100
-    assert mean == 75.00 and 0 <= lo < 75 and hi == 100.00 and line.rstrip(" |").endswith("2×10")
+    assert mean == 75.00 and 0 <= lo < 75 and hi == 100.00 and line.rstrip(" |").endswith("2×10 | s0 +100.00, s1 +50.00")
+
+
+def test_seed_by_seed_table(tmp_path: Path):
+    root = tmp_path / "study"
+    seeded_cell(root, "sert", [[True] * 5 + [False] * 5, [True] * 8 + [False] * 2, [True] * 6 + [False] * 4])
+    seeded_cell(root, "rd", [[True] * 10])  # one seed: no row
+    text = build_report(root, plots=False)[0].read_text()
+    seeds = text[text.index("### Seed by seed"):].split("\n#", 1)[0]
+    assert "| StrategyQA | GPT-2 | SERT | s0 50.00, s1 80.00, s2 60.00 | 30.00 | s0 1.00, s1 1.00, s2 1.00 |" in seeds
+    assert "| RD |" not in seeds
 
 
 def test_paired_differences_use_common_seeds_and_questions(tmp_path: Path):

@@ -12,7 +12,7 @@ from sert.report.names import MISSING
 from sert.report.runs import Run, find_runs
 from sert.report.stats import Options
 from sert.report.survival import fig1_arms, fig1_tables
-from sert.report.tables import (cell_failures, funnel_table, lenient_table, paired_differences, table2,
+from sert.report.tables import (cell_failures, funnel_table, lenient_table, paired_differences, seed_table, table2,
                                 unfinished_runs)
 
 
@@ -79,12 +79,18 @@ def _additions(runs: list[Run], opts: Options) -> list[str]:
                   "(reasoning-teacher's fallback). Fmt (prefix): the output starts with reasoning and its first "
                   "\"So the answer is\" sentence has a parsable answer, whatever follows (`sert.metrics`). "
                   f"Not the paper's metrics. Same {_ci(opts)} method.", "", lenient, ""]
+    seeds = seed_table(runs)
+    if seeds:
+        lines += ["### Seed by seed", "",
+                  "Each seed's own strict Acc (%) and Fmt for the cells run with more than one seed: the spread the "
+                  "intervals above include.", "", seeds, ""]
     diffs, dnotes = paired_differences(runs, opts)
     if diffs or dnotes:
         lines += ["### Paired differences (the paper's comparisons)", "",
                   "Accuracy difference in percentage points between two arms of the same model and dataset, paired "
                   f"by seed and question (only seeds and questions present in both arms), {_ci(opts)} by the same "
-                  "bootstrap over the per-question differences. An interval containing 0 is inside the noise.", "",
+                  "bootstrap over the per-question differences. An interval containing 0 is inside the noise. The last "
+                  "column is each seed's own difference.", "",
                   *([diffs, ""] if diffs else []), *[f"- {n}" for n in dnotes], ""]
     return lines
 

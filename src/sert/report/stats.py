@@ -84,6 +84,23 @@ def estimate(runs: dict[Any, Run], metric: str, opts: Options, key: Any) -> Esti
     return Estimate(round(sum(values) / len(values), 6), seeds=len(values), n=min((x for x in ns if x), default=0))
 
 
+def seed_means(runs: dict[Any, Run], metric: str) -> dict[Any, float | None]:
+    """Each seed's own mean of ``metric`` (over its predictions, else its metrics.json value)."""
+    out = {}
+    for seed in sorted(runs, key=str):
+        found = question_matrix({seed: runs[seed]}, metric) if metric in ROW_FIELDS else None
+        value = (runs[seed].eval_metrics() or {}).get(metric)
+        out[seed] = sum(found[2][0]) / len(found[1]) if found else value if isinstance(value, (int, float)) else None
+    return out
+
+
+def fmt_by_seed(name: str, values: dict[Any, float | None], signed: bool = False) -> str:
+    """``s0 49.78, s1 55.31`` (Acc in %, as ``fmt_estimate``)."""
+    scale = 100 if name.startswith("acc") else 1
+    spec = "+.2f" if signed else ".2f"
+    return ", ".join(f"s{seed} {MISSING if v is None else format(scale * v, spec)}" for seed, v in values.items())
+
+
 def fmt_estimate(name: str, e: Estimate) -> str:
     scale = 100 if name.startswith("acc") else 1  # accuracy in percent, as the paper
     if e.mean is None:

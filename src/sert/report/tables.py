@@ -10,7 +10,8 @@ from pathlib import Path
 from sert.report.names import (DATASETS, FILTER_ORDER, METHODS, METRICS, MISSING, MODELS, PAPER_TEACHER,
                                dataset_name, md_table, method_name, model_name, ordered, paper_cell, rank_in)
 from sert.report.runs import Run, per_seed_runs
-from sert.report.stats import ROW_FIELDS, Estimate, Options, bootstrap, estimate, fmt_estimate, question_matrix
+from sert.report.stats import (ROW_FIELDS, Estimate, Options, bootstrap, estimate, fmt_by_seed, fmt_estimate,
+                               question_matrix, seed_means)
 
 COMPARISONS = [("sert", "finetune"), ("sert_rd", "rd")]  # the paper's claims: SERT vs Finetune, SERT+RD vs RD
 Cells = dict[tuple[str, str, str], dict[str, list[Run]]]
@@ -144,20 +145,41 @@ def lenient_table(runs: list[Run], opts: Options) -> str | None:
                     rows)
 
 
+def seed_table(runs: list[Run]) -> str | None:
+    """Every cell run with more than one seed, seed by seed: how far the seeds spread (strict Acc and Fmt)."""
+    cells = {k: per_seed_runs(v["ok"])[0] for k, v in table2_cells(runs).items() if v["ok"]}
+    rows = []
+    for key in sorted(cells, key=lambda k: (rank_in(k[2], DATASETS), rank_in(k[0], MODELS), k[0],
+                                            rank_in(k[1], METHODS))):
+        if len(cells[key]) < 2:
+            continue
+        model, method, ds = key
+        acc, fmt = seed_means(cells[key], "acc"), seed_means(cells[key], "fmt")
+        known = [v for v in acc.values() if v is not None]
+        spread = f"{100 * (max(known) - min(known)):.2f}" if known else MISSING
+        rows.append([dataset_name(ds), model_name(model), method_name(method), fmt_by_seed("acc", acc), spread,
+                     fmt_by_seed("fmt", fmt) if any(v is not None for v in fmt.values()) else MISSING])
+    if not rows:
+        return None
+    return md_table(["Dataset", "Model", "Method", "Acc by seed", "Acc max − min (pp)", "Fmt by seed"], rows)
+
+
 def _paired_cell(ra: dict, rb: dict, seeds: list, metric: str, key: tuple, opts: Options, label: str,
-                 notes: list[str]) -> tuple[str, int | None]:
-    """(formatted difference of ``metric`` between arms a and b, questions compared) on the common questions."""
+                 notes: list[str]) -> tuple[str, int | None, dict]:
+    """(formatted difference of ``metric`` between arms a and b, questions compared, each seed's mean
+    difference) on the common questions."""
     ma = question_matrix({s: ra[s] for s in seeds}, metric)
     mb = question_matrix({s: rb[s] for s in seeds}, metric)
     common = sorted(set(ma[1]) & set(mb[1])) if ma and mb else []
     if not common:
-        return MISSING, None
+        return MISSING, None, {}
     qa, qb = {q: i for i, q in enumerate(ma[1])}, {q: i for i, q in enumerate(mb[1])}
     if len(common) < max(len(qa), len(qb)):
         notes.append(f"{label} ({metric}): {len(common)} questions in both arms "
                      f"(of {len(qa)} / {len(qb)}); only those are compared")
     diff = [[ma[2][i][qa[q]] - mb[2][i][qb[q]] for q in common] for i in range(len(seeds))]
-    return fmt_estimate("acc", bootstrap(diff, opts, (*key, metric))), len(common)
+    by_seed = {s: sum(d) / len(d) for s, d in zip(ma[0], diff)}
+    return fmt_estimate("acc", bootstrap(diff, opts, (*key, metric))), len(common), by_seed
 
 
 def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list[str]]:
@@ -175,19 +197,21 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
             if not seeds:
                 notes.append(f"{label}: no seed run in both arms, no paired difference")
                 continue
-            row, sizes = [dataset_name(ds), model_name(model), what], []
+            row, sizes, by_seed = [dataset_name(ds), model_name(model), what], [], {}
             for metric in ("acc", "acc_lenient"):
-                text, size = _paired_cell(ra, rb, seeds, metric, (model, ds, a, b), opts, label, notes)
+                text, size, per_seed = _paired_cell(ra, rb, seeds, metric, (model, ds, a, b), opts, label, notes)
                 row.append(text)
                 sizes += [size] if size is not None else []
+                by_seed = by_seed or per_seed
             if not sizes:
                 notes.append(f"{label}: no per-question predictions in both arms, no paired difference")
                 continue
-            row.append(f"{len(seeds)}×{sizes[0]}")
+            row += [f"{len(seeds)}×{sizes[0]}", fmt_by_seed("acc", by_seed, signed=True)]
             rows.append(row)
     if not rows:
         return None, notes
-    return md_table(["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "seeds×n"], rows), notes
+    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "seeds×n", "ΔAcc by seed (pp)"]
+    return md_table(header, rows), notes
 
 
 def cell_failures(root: Path) -> str | None:
