@@ -278,7 +278,8 @@ def test_paired_differences(tmp_path: Path):
     seeded_cell(root, "sert_rd", [[True] * 10, [True] * 5 + [False] * 5])  # +100 and +50 pp -> mean 75
     text = build_report(root, plots=False)[0].read_text()
     diffs = text[text.index("### Paired differences"):]
-    assert ("| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | 2×10 | "
+    # ΔFmt: — because the label-only Finetune has no Fmt
+    assert ("| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | — | 2×10 | "
             "s0 +0.00, s1 +0.00 |") in diffs
     line = next(ln for ln in diffs.splitlines() if "SERT+RD − RD" in ln)
     mean, lo, hi = _ci(line.split("|")[4].strip())
@@ -294,6 +295,17 @@ def test_seed_by_seed_table(tmp_path: Path):
     seeds = text[text.index("### Seed by seed"):].split("\n#", 1)[0]
     assert "| StrategyQA | GPT-2 | SERT | s0 50.00, s1 80.00, s2 60.00 | 30.00 | s0 1.00, s1 1.00, s2 1.00 |" in seeds
     assert "| RD |" not in seeds
+
+
+def test_paired_format_difference(tmp_path: Path):
+    root = tmp_path / "study"
+    for method, fmt in (("rd", [True] * 2 + [False] * 8), ("sert_rd", [True] * 6 + [False] * 4)):
+        make_run(root, f"{method}_s0", method, "gpt2", "strategy_qa", seed=0, metrics=eval_metrics(0.5),
+                 predictions=preds([True] * 5 + [False] * 5, fmt=fmt))
+    text = build_report(root, plots=False)[0].read_text()
+    line = next(ln for ln in text.splitlines() if "| SERT+RD − RD |" in ln)
+    mean, lo, hi = _ci(line.split("|")[6].strip())
+    assert mean == 0.40 and lo < 0.40 < hi  # 6 of 10 well-formed against 2 of 10, same questions
 
 
 def test_paired_differences_use_common_seeds_and_questions(tmp_path: Path):

@@ -89,8 +89,9 @@ def _additions(runs: list[Run], opts: Options) -> list[str]:
         lines += ["### Paired differences (the paper's comparisons)", "",
                   "Accuracy difference in percentage points between two arms of the same model and dataset, paired "
                   f"by seed and question (only seeds and questions present in both arms), {_ci(opts)} by the same "
-                  "bootstrap over the per-question differences. An interval containing 0 is inside the noise. The last "
-                  "column is each seed's own difference.", "",
+                  "bootstrap over the per-question differences. An interval containing 0 is inside the noise. ΔFmt: the "
+                  "same for the share of well-formed outputs (— when an arm, e.g. the label-only Finetune, has no "
+                  "Fmt). The last column is each seed's own Acc difference.", "",
                   *([diffs, ""] if diffs else []), *[f"- {n}" for n in dnotes], ""]
     return lines
 

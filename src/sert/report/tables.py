@@ -179,11 +179,12 @@ def _paired_cell(ra: dict, rb: dict, seeds: list, metric: str, key: tuple, opts:
                      f"(of {len(qa)} / {len(qb)}); only those are compared")
     diff = [[ma[2][i][qa[q]] - mb[2][i][qb[q]] for q in common] for i in range(len(seeds))]
     by_seed = {s: sum(d) / len(d) for s, d in zip(ma[0], diff)}
-    return fmt_estimate("acc", bootstrap(diff, opts, (*key, metric))), len(common), by_seed
+    return fmt_estimate(metric, bootstrap(diff, opts, (*key, metric))), len(common), by_seed
 
 
 def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list[str]]:
-    """SERT − Finetune and SERT+RD − RD accuracy (percentage points) on the same questions, paired by seed."""
+    """SERT − Finetune and SERT+RD − RD accuracy (percentage points) and Fmt (share; where both arms have it)
+    on the same questions, paired by seed."""
     cells = {k: per_seed_runs(v["ok"])[0] for k, v in table2_cells(runs).items() if v["ok"]}
     rows, notes = [], []
     for (model, method, ds) in sorted(cells, key=lambda k: (rank_in(k[2], DATASETS), rank_in(k[0], MODELS), k[0])):
@@ -198,11 +199,11 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
                 notes.append(f"{label}: no seed run in both arms, no paired difference")
                 continue
             row, sizes, by_seed = [dataset_name(ds), model_name(model), what], [], {}
-            for metric in ("acc", "acc_lenient"):
+            for metric in ("acc", "acc_lenient", "fmt"):
                 text, size, per_seed = _paired_cell(ra, rb, seeds, metric, (model, ds, a, b), opts, label, notes)
                 row.append(text)
                 sizes += [size] if size is not None else []
-                by_seed = by_seed or per_seed
+                by_seed = by_seed or per_seed  # Acc's
             if not sizes:
                 notes.append(f"{label}: no per-question predictions in both arms, no paired difference")
                 continue
@@ -210,7 +211,8 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
             rows.append(row)
     if not rows:
         return None, notes
-    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "seeds×n", "ΔAcc by seed (pp)"]
+    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt", "seeds×n",
+              "ΔAcc by seed (pp)"]
     return md_table(header, rows), notes
 
 
