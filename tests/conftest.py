@@ -55,8 +55,9 @@ def compose(*overrides: str):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
 
 
-# Tests that compare two trainings bit for bit run them on one thread: multi-threaded bf16 training on an
-# AMX CPU differed between identical runs in the 5th digit of the loss (README "Training resume").
+# The CLI runs on one thread in tests: many of them compare two processes' artifacts bit for bit (kill and
+# resume), and multi-threaded bf16 on an AMX CPU is not bitwise reproducible across processes (README
+# "Training resume"; experiments/check_determinism.py). A test may pass its own OMP_NUM_THREADS in ``env``.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -72,7 +73,7 @@ def one_torch_thread():
 def run_cli(*overrides: str, out: Path, check: bool = True, timeout: int = 600, env: dict | None = None):
     """Run the real `sert` CLI (python -m sert) with outputs and cache under ``out``."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SERT_OUTPUT_DIR": str(out),
-                "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **(env or {})}
+                "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **ONE_THREAD, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "sert", *overrides], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CSQA_ROWS, ONE_THREAD, run_cli, run_dirs
+from conftest import CSQA_ROWS, run_cli, run_dirs
 from sert.artifacts import read_json
 from sert.models import load_model
 from sert.training.base import TOTALS
@@ -38,8 +38,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 def finetune(data, out: Path, trainer: str, *, check=True, env=None):
     return run_cli("stage=finetune", "stage.steps=[finetune]", "model=tiny", "device=cpu", f"trainer={trainer}",
                    f"dataset.path={data[0]}", f"dataset.split_file={data[1]}", "trainer.epochs=3",
-                   "trainer.batch_size=1", "trainer.logging_steps=1", "seed=7", out=out, check=check,
-                   env={**ONE_THREAD, **(env or {})})
+                   "trainer.batch_size=1", "trainer.logging_steps=1", "seed=7", out=out, check=check, env=env)
 
 
 def entry(out: Path) -> Path:
