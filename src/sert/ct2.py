@@ -29,7 +29,6 @@ import contextlib
 import fcntl
 import gc
 import logging
-import math
 import os
 import tempfile
 import time

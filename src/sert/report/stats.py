@@ -94,16 +94,19 @@ def seed_means(runs: dict[Any, Run], metric: str) -> dict[Any, float | None]:
     return out
 
 
+def scale(name: str) -> int:
+    return 100 if name.startswith("acc") else 1  # accuracy in percent, as the paper
+
+
 def fmt_by_seed(name: str, values: dict[Any, float | None], signed: bool = False) -> str:
     """``s0 49.78, s1 55.31`` (Acc in %, as ``fmt_estimate``)."""
-    scale = 100 if name.startswith("acc") else 1
     spec = "+.2f" if signed else ".2f"
-    return ", ".join(f"s{seed} {MISSING if v is None else format(scale * v, spec)}" for seed, v in values.items())
+    return ", ".join(f"s{seed} {MISSING if v is None else format(scale(name) * v, spec)}" for seed, v in values.items())
 
 
 def fmt_estimate(name: str, e: Estimate) -> str:
-    scale = 100 if name.startswith("acc") else 1  # accuracy in percent, as the paper
+    k = scale(name)
     if e.mean is None:
         return MISSING
-    text = f"{scale * e.mean:.2f}"
-    return text if e.lo is None else f"{text} [{scale * e.lo:.2f}, {scale * e.hi:.2f}]"
+    text = f"{k * e.mean:.2f}"
+    return text if e.lo is None else f"{text} [{k * e.lo:.2f}, {k * e.hi:.2f}]"

@@ -33,6 +33,17 @@ def table2_cells(runs: list[Run]) -> Cells:
     return cells
 
 
+def seeded_cells(runs: list[Run]) -> dict[tuple[str, str, str], dict]:
+    """(model, method, dataset) -> {seed: run} of the evaluated runs (one per seed, ``per_seed_runs``)."""
+    return {k: per_seed_runs(v["ok"])[0] for k, v in table2_cells(runs).items() if v["ok"]}
+
+
+def cell_order(key: tuple[str, str, str]) -> tuple:
+    """Rows by dataset, model, then method, in the paper's order."""
+    model, method, ds = key
+    return rank_in(ds, DATASETS), rank_in(model, MODELS), model, rank_in(method, METHODS)
+
+
 def status_label(r: Run) -> str:
     if r.status == "failed":
         return f"failed ({(r.error or {}).get('type') or '?'})"
@@ -130,15 +141,13 @@ def teacher_rows(runs: list[Run], opts: Options) -> dict[tuple[str, str], tuple[
 
 def lenient_table(runs: list[Run], opts: Options) -> str | None:
     """Labelled additions beside the paper's strict Acc / Fmt: lenient Acc and prefix Fmt."""
-    cells = {k: v for k, v in table2_cells(runs).items() if v["ok"]}
+    cells = seeded_cells(runs)
     if not cells:
         return None
     rows = []
-    for key in sorted(cells, key=lambda k: (rank_in(k[2], DATASETS), rank_in(k[0], MODELS), k[0],
-                                            rank_in(k[1], METHODS))):
+    for key in sorted(cells, key=cell_order):
         model, method, ds = key
-        chosen, _ = per_seed_runs(cells[key]["ok"])
-        est = {k: estimate(chosen, k, opts, (model, method, ds, k)) for k in ROW_FIELDS}  # acc, fmt, lenient, prefix
+        est = {k: estimate(cells[key], k, opts, (model, method, ds, k)) for k in ROW_FIELDS}  # acc, fmt, lenient, prefix
         rows.append([dataset_name(ds), model_name(model), method_name(method),
                      *[fmt_estimate(k, e) for k, e in est.items()]])
     return md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)"],
@@ -147,10 +156,9 @@ def lenient_table(runs: list[Run], opts: Options) -> str | None:
 
 def seed_table(runs: list[Run]) -> str | None:
     """Every cell run with more than one seed, seed by seed: how far the seeds spread (strict Acc and Fmt)."""
-    cells = {k: per_seed_runs(v["ok"])[0] for k, v in table2_cells(runs).items() if v["ok"]}
+    cells = seeded_cells(runs)
     rows = []
-    for key in sorted(cells, key=lambda k: (rank_in(k[2], DATASETS), rank_in(k[0], MODELS), k[0],
-                                            rank_in(k[1], METHODS))):
+    for key in sorted(cells, key=cell_order):
         if len(cells[key]) < 2:
             continue
         model, method, ds = key
@@ -185,7 +193,7 @@ def _paired_cell(ra: dict, rb: dict, seeds: list, metric: str, key: tuple, opts:
 def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list[str]]:
     """SERT − Finetune and SERT+RD − RD accuracy (percentage points) and Fmt (share; where both arms have it)
     on the same questions, paired by seed."""
-    cells = {k: per_seed_runs(v["ok"])[0] for k, v in table2_cells(runs).items() if v["ok"]}
+    cells = seeded_cells(runs)
     rows, notes = [], []
     for (model, method, ds) in sorted(cells, key=lambda k: (rank_in(k[2], DATASETS), rank_in(k[0], MODELS), k[0])):
         for a, b in COMPARISONS:
@@ -198,17 +206,14 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
             if not seeds:
                 notes.append(f"{label}: no seed run in both arms, no paired difference")
                 continue
-            row, sizes, by_seed = [dataset_name(ds), model_name(model), what], [], {}
-            for metric in ("acc", "acc_lenient", "fmt"):
-                text, size, per_seed = _paired_cell(ra, rb, seeds, metric, (model, ds, a, b), opts, label, notes)
-                row.append(text)
-                sizes += [size] if size is not None else []
-                by_seed = by_seed or per_seed  # Acc's
+            found = {m: _paired_cell(ra, rb, seeds, m, (model, ds, a, b), opts, label, notes)
+                     for m in ("acc", "acc_lenient", "fmt")}  # (text, questions compared, per-seed difference)
+            sizes = [size for _, size, _ in found.values() if size is not None]
             if not sizes:
                 notes.append(f"{label}: no per-question predictions in both arms, no paired difference")
                 continue
-            row += [f"{len(seeds)}×{sizes[0]}", fmt_by_seed("acc", by_seed, signed=True)]
-            rows.append(row)
+            rows.append([dataset_name(ds), model_name(model), what, *[text for text, _, _ in found.values()],
+                         f"{len(seeds)}×{sizes[0]}", fmt_by_seed("acc", found["acc"][2], signed=True)])
     if not rows:
         return None, notes
     header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt", "seeds×n",
