@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,49 @@ def decode_batches(tok, prompts: Sequence[str], context: int | None, batch: Batc
     return out
 
 
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in a buffer sized for the whole generation: each step
+    writes its position in place instead of ``torch.cat``-ing a copy of the whole cache."""
+
+    def preallocate(self, capacity: int) -> None:
+        k, v = self.keys, self.values
+        self.n = k.shape[-2]
+        self.kbuf = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
+        self.vbuf = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
+        self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n] = k, v
+        self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        m = key_states.shape[-2]
+        self.kbuf[:, :, self.n:self.n + m] = key_states
+        self.vbuf[:, :, self.n:self.n + m] = value_states
+        self.n += m
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows ``indices``, copying only the filled positions (not the unused capacity)."""
+        for name in ("kbuf", "vbuf"):
+            buf = getattr(self, name)
+            new = buf.new_empty(len(indices), *buf.shape[1:])
+            new[:, :, :self.n] = buf[indices, :, :self.n]
+            setattr(self, name, new)
+        self._views()
+
+
+def preallocate(cache, capacity: int) -> bool:
+    """Switch a freshly filled DynamicCache to preallocated layers (False if it has other layer kinds)."""
+    if not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+        return False
+    for layer in cache.layers:
+        layer.__class__ = PreallocatedLayer
+        layer.preallocate(capacity)
+    return True
+
+
 @torch.no_grad()
 def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, stop: Sequence[str] = (),
@@ -199,9 +243,9 @@ def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Ca
     prompt of one batch.
 
     The left-padded prompts go through the model once; then one token per step for the rows still
-    alive. A finished row leaves the batch at once (its KV-cache rows are dropped with
-    ``batch_select_indices``), so the steps get cheaper as rows finish and the loop ends with the last
-    one. Stop strings are checked on the decoded last few tokens of each row (cheap)."""
+    alive, the KV cache and the mask preallocated for the longest budget and written in place. A finished row
+    leaves the batch at once (its KV-cache rows are dropped with ``batch_select_indices``), so the steps get
+    cheaper as rows finish and the loop ends with the last one. Stop strings are checked on the decoded last few tokens of each row (cheap)."""
     device = next(model.parameters()).device
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
@@ -215,6 +259,9 @@ def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Ca
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, next_pos = out.cache, pos[:, -1:] + 1
+    width, capacity = longest, longest + max(budgets)
+    preallocate(cache, capacity)  # the KV cache and the mask are written in place, not grown by torch.cat
+    mask = torch.cat([mask, mask.new_zeros(len(rows), capacity - longest)], dim=1)
     tokens = pick(out.logits[:, -1])
     new: list[list[int]] = [[] for _ in rows]
     reason = ["length"] * len(rows)
@@ -238,8 +285,9 @@ def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Ca
             sel = torch.tensor(keep, device=device)
             cache.batch_select_indices(sel)
             alive, mask, next_pos, tokens = [alive[j] for j in keep], mask[sel], next_pos[sel], tokens[sel]
-        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
+        mask[:, width] = 1
+        width += 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask[:, :width], position_ids=next_pos, cache=cache,
                     use_cache=True)
         cache, next_pos = out.cache, next_pos + 1
         tokens = pick(out.logits[:, -1])

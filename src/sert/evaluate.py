@@ -177,7 +177,8 @@ def run(ctx: Context) -> StepOutput:
         if model_dir is None:
             model, tok = load_model(**{**ctx.model_kwargs(), "dtype": dtype})
         else:
-            model, tok = load_model(str(model_dir), device=ctx.cfg.device, dtype=dtype)
+            model, tok = load_model(str(model_dir), device=ctx.cfg.device, dtype=dtype,
+                                    attention=ctx.cfg.model.attention)
         log.info("evaluating %s (%s format, %s) on %d %s records", model_dir or "the base model", fmt, dtype,
                  len(ds.records), ds.split)
         prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]

@@ -102,12 +102,15 @@ def load_model(
     device: str = "auto",
     trust_remote_code: bool = False,
     random_init: dict | None = None,
+    attention: str = "sert",
     **_: Any,
 ):
     """Return ``(model, tokenizer)`` in eval mode on ``device``.
 
     ``random_init`` (the ``tiny`` model) builds a randomly initialised GPT-2 of that shape instead of
-    loading weights: its tokenizer is ``tokenizer`` if given, else a byte-level one built in code."""
+    loading weights: its tokenizer is ``tokenizer`` if given, else a byte-level one built in code.
+    ``attention``: ``sert`` (``sert.attention``: fast one-token decoding steps, SDPA otherwise), or a transformers
+    attention implementation (``sdpa``, ``eager``)."""
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     torch_dtype = DTYPES[dtype] if dtype != "auto" else "auto"
@@ -134,11 +137,23 @@ def load_model(
             if tokenizer
             else load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
         )
+    set_attention(model, attention)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model.to(resolve_device(device)).eval(), tok
+
+
+def set_attention(model, attention: str) -> None:
+    if attention == "sert":
+        from sert import attention as fast_attention
+
+        fast_attention.enable(model)
+    elif attention not in ("sdpa", "eager"):
+        raise ValueError(f"model.attention must be sert, sdpa or eager, got {attention!r}")
+    elif model.config._attn_implementation != attention:
+        model.set_attn_implementation(attention)
 
 
 def drop_quantization(model) -> None:

@@ -28,12 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from sert import faults
 from sert.artifacts import stable_hash
 from sert.config.steps import GenerationConfig
-from sert.engine import DecodeStats, context_length, stop_cut, trim_to_stop
+from sert.engine import DecodeStats, context_length, preallocate, stop_cut, trim_to_stop
 
 log = logging.getLogger(__name__)
 _DEFAULT = GenerationConfig()  # the paper's settings are declared once, there
@@ -119,49 +118,6 @@ def new_token_budgets(lengths: Sequence[int], qids: Sequence[str], max_new_token
     return [min(max_new_tokens, context - n) for n in lengths]
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys/values live in a buffer sized for the whole generation: each step
-    writes its position in place instead of ``torch.cat``-ing a copy of the whole cache."""
-
-    def preallocate(self, capacity: int) -> None:
-        k, v = self.keys, self.values
-        self.n = k.shape[-2]
-        self.kbuf = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
-        self.vbuf = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
-        self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n] = k, v
-        self._views()
-
-    def _views(self) -> None:
-        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        m = key_states.shape[-2]
-        self.kbuf[:, :, self.n:self.n + m] = key_states
-        self.vbuf[:, :, self.n:self.n + m] = value_states
-        self.n += m
-        self._views()
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows ``indices``, copying only the filled positions (not the unused capacity)."""
-        for name in ("kbuf", "vbuf"):
-            buf = getattr(self, name)
-            new = buf.new_empty(len(indices), *buf.shape[1:])
-            new[:, :, :self.n] = buf[indices, :, :self.n]
-            setattr(self, name, new)
-        self._views()
-
-
-def _preallocate(cache, capacity: int) -> bool:
-    """Switch a freshly filled DynamicCache to preallocated layers (False if it has other layer kinds)."""
-    if not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
-        return False
-    for layer in cache.layers:
-        layer.__class__ = _PreallocatedLayer
-        layer.preallocate(capacity)
-    return True
-
-
 _STOP_TOKENS: dict[tuple, torch.Tensor] = {}
 
 
@@ -218,9 +174,9 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
     else:
         raise ValueError(f"generation.mode must be topk_alternatives or raw, got {spec.mode!r}")
 
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(P)  # the prompt is encoded once, its cache shared by P paths
-    _preallocate(cache, prompt_len + steps)
+    preallocate(cache, prompt_len + steps)
     mask = mask.repeat_interleave(P, 0)
     next_pos = pos[:, -1].repeat_interleave(P) + 1  # (R,)
     tokens = first.reshape(-1)  # (R,)
@@ -245,8 +201,8 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         width = prompt_len + t
         mask[:, width - 1] = 1
         out = model(input_ids=tokens[rows][:, None], attention_mask=mask[:, :width], position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, next_pos = out.past_key_values, next_pos + 1
+                    cache=cache, use_cache=True)
+        cache, next_pos = out.cache, next_pos + 1
         logits = out.logits[:, -1].float()
         u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
         step_tok = sample_tokens(logits, spec.top_k, spec.top_p, spec.temperature, u[rows])

@@ -31,6 +31,20 @@ class CountingTrainer(Trainer):
     real_tokens = padded_tokens = 0  # this session
     loss_sum = 0.0  # this session: sum of the per-micro-batch losses (each already divided for accumulation)
     publish = None  # set by HFTrainer: move a staged checkpoint into place and rotate
+    sert_loss = None  # set by HFTrainer: BaseTrainer.loss (the fused target-only head where trainer.fast_loss)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """sert's loss (``BaseTrainer.loss``) on a single process; transformers' own otherwise (a DDP-wrapped
+        model must be called as a whole for its gradient hooks). Scaled as transformers scales the model's own
+        loss: with ``num_items_in_batch``, this micro-batch's sum over all target tokens of the step."""
+        if self.sert_loss is None or return_outputs or model is not self.accelerator.unwrap_model(model):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        with self.accelerator.autocast():  # accelerate wraps only model.forward in autocast; this calls past it
+            loss = self.sert_loss(model, inputs)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            loss = loss * (inputs["labels"][:, 1:] != -100).sum() / num_items_in_batch
+        return loss
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.real_tokens += int(inputs["attention_mask"].sum())

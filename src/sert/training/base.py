@@ -104,6 +104,8 @@ class BaseTrainer:
             raise ValueError(f"trainer.loss_on must be answer or all, got {loss_on!r}")
         if cfg.eval_strategy != "no" and cfg.eval_fraction <= 0:
             raise ValueError("trainer.eval_strategy needs trainer.eval_fraction > 0 (held-out examples)")
+        if cfg.loss_chunk_rows < 1:
+            raise ValueError(f"trainer.loss_chunk_rows must be >= 1, got {cfg.loss_chunk_rows}")
         if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
             raise ValueError(f"trainer.save_total_limit must be >= 1 or null (keep all), got {cfg.save_total_limit}")
         # plain strings for the enums; 0 / null max_grad_norm: no clipping
@@ -151,6 +153,10 @@ class BaseTrainer:
         log.info("training precision %s (trainer.precision=%s, device %s, bf16 fast: %s)", self.resolved_precision,
                  self.config.precision, device, hardware.bf16_fast(device))
         train, held = self.prepare(model, tokenizer, examples, seed)
+        if self.config.compile:
+            from sert.training.fast import compile_blocks
+
+            log.info("trainer.compile: %d decoder blocks compiled on first use", compile_blocks(model))
         ckpt_dir = out_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         summary = self._fit(model, tokenizer, train, held, ckpt_dir, seed)
@@ -167,6 +173,12 @@ class BaseTrainer:
 
     def _fit(self, model, tokenizer, train: Tokenized, held: Tokenized | None, ckpt_dir: Path, seed: int) -> dict:
         raise NotImplementedError
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy over the batch's target tokens (``sert.training.fast.causal_lm_loss``)."""
+        from sert.training.fast import causal_lm_loss
+
+        return causal_lm_loss(model, batch, fast=self.config.fast_loss, chunk_rows=self.config.loss_chunk_rows)
 
     # -- checkpoints (shared) --------------------------------------------------
     prefix = "checkpoint"

@@ -55,6 +55,13 @@ class TrainerConfig:
     precision: Precision = Precision.auto
     loss_on: LossOn = LossOn.answer  # answer: loss on the completion only (prompt labels -100) | all: whole text
     group_by_length: bool = True  # length-grouped batches: less padding (dynamic padding is always on)
+    # speed (docs/performance.md); each changes the result only at float-rounding level (tested):
+    fast_loss: bool = True  # LM head + cross-entropy on target tokens only, fused and chunked (sert.training.fast)
+    loss_chunk_rows: int = 1024  # rows of the fused LM head per chunk (peak memory ~ rows x vocab x 4 bytes)
+    fused_optimizer: bool = True  # torch's fused AdamW kernel (one pass over the parameters; foreach/loop if false)
+    # torch.compile each decoder block (one compiled graph shared by all blocks, dynamic sequence length):
+    # fuses norms, activations and casts; costs a compile in the first step (cached across runs by inductor)
+    compile: bool = False
     eval_fraction: float = 0.0  # hold out this fraction of the training examples for an eval loss
     eval_strategy: str = "no"  # no | steps | epoch (needs eval_fraction > 0)
     eval_steps: int = 500

@@ -17,6 +17,7 @@ from sert import faults
 from sert.artifacts import read_json, write_json
 from sert.training.base import TOTALS, BaseTrainer, Totals, autocast_dtype, load_problem, pad_id
 from sert.training.data import PadCollator, Tokenized, length_grouped_batches
+from sert.training.fast import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 class LoopTrainer(BaseTrainer):
     """``trainer=loop``: the same SFT recipe in one readable loop (nanoGPT style), single device.
 
-    Per optimiser step: ``grad_accum`` micro-batches, loss weighted by their target-token counts,
+    Per optimiser step: ``grad_accum`` micro-batches (loss: ``BaseTrainer.loss``, the fused target-only head where
+    ``fast_loss``; AdamW fused where ``fused_optimizer``), loss weighted by their target-token counts,
     gradient clipping (``max_grad_norm`` 0/null: none), an lr schedule from ``transformers.get_scheduler``,
     bf16/fp16 autocast by ``precision``. Checkpoints (``checkpoints/step-N/``: ``model.pt``,
     ``optimizer.pt`` (optimizer + grad scaler; left out with ``checkpoint_optimizer=false``), ``state.pt``
@@ -44,10 +46,8 @@ class LoopTrainer(BaseTrainer):
         n_batches = math.ceil(len(train.rows) / c.batch_size)
         steps_per_epoch = math.ceil(n_batches / c.grad_accum)
         total = c.max_steps if c.max_steps > 0 else math.ceil(c.epochs * steps_per_epoch)
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=(c.adam_beta1, c.adam_beta2))
+        opt = make_optimizer(model, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), weight_decay=c.weight_decay,
+                             fused=c.fused_optimizer)
         sched = get_scheduler(c.lr_scheduler, opt, num_warmup_steps=math.ceil(c.warmup_ratio * total),
                               num_training_steps=total)
         amp = autocast_dtype(self.resolved_precision)
@@ -55,6 +55,7 @@ class LoopTrainer(BaseTrainer):
         torch.manual_seed(seed)  # dropout; a resumed run restores the generator state it saved
         totals, history, resumed = self._resume(ckpt_dir, model, opt, sched, scaler, device)
         step, session_start = totals.steps, time.perf_counter() - totals.seconds
+        first_step = None  # this session's first step: oneDNN set-up, and the compile under trainer.compile
         model.train()
         bar = tqdm(total=total, initial=step, desc="train", unit="step")
         while step < total:
@@ -68,10 +69,10 @@ class LoopTrainer(BaseTrainer):
                 totals.padded_tokens += m["input_ids"].numel()
                 m = {key: v.to(device) for key, v in m.items()}
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    out = model(**m)
+                    loss = self.loss(model, m)
                 weight = int((m["labels"][:, 1:] != -100).sum()) / max(n_targets, 1)
-                scaler.scale(out.loss.float() * weight).backward()
-                step_loss += out.loss.item() * weight
+                scaler.scale(loss.float() * weight).backward()
+                step_loss += loss.item() * weight
             if c.max_grad_norm > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
@@ -81,6 +82,8 @@ class LoopTrainer(BaseTrainer):
             opt.zero_grad(set_to_none=True)
             step += 1
             totals.steps, totals.loss_sum = step, totals.loss_sum + step_loss
+            if first_step is None:
+                first_step = time.perf_counter() - session_start - totals.seconds
             totals.seconds = time.perf_counter() - session_start
             bar.update(1)
             if step % c.logging_steps == 0:
@@ -96,7 +99,8 @@ class LoopTrainer(BaseTrainer):
                 log.info("step %d eval_loss %.4f", step, self.eval_loss(model, held, PadCollator(collate.pad_id), device))
         bar.close()
         write_json(ckpt_dir.parent / "log_history.json", history)
-        return {**totals.summary(steps_per_epoch), "resumed_from": resumed}
+        return {**totals.summary(steps_per_epoch), "resumed_from": resumed,
+                "first_step_seconds": round(first_step, 3) if first_step is not None else None}
 
     @torch.no_grad()
     def eval_loss(self, model, held: Tokenized, collate: PadCollator, device) -> float:
@@ -106,7 +110,7 @@ class LoopTrainer(BaseTrainer):
         for s in range(0, len(held.rows), size):
             m = {k: v.to(device) for k, v in collate(held.rows[s:s + size]).items()}
             t = int((m["labels"][:, 1:] != -100).sum())
-            total, n = total + model(**m).loss.item() * t, n + t
+            total, n = total + self.loss(model, m).item() * t, n + t
         model.train()
         return total / max(n, 1)
 

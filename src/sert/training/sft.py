@@ -19,6 +19,11 @@ from sert.training.data import PadCollator, Tokenized
 log = logging.getLogger(__name__)
 
 
+def optimizer_name(name: str, fused: bool) -> str:
+    """``trainer.optimizer`` as transformers names it: adamw_torch becomes adamw_torch_fused where ``fused``."""
+    return "adamw_torch_fused" if fused and name == "adamw_torch" else name
+
+
 class HFTrainer(BaseTrainer):
     """transformers' Trainer with a padding-only collator and length-grouped sampling."""
 
@@ -32,7 +37,7 @@ class HFTrainer(BaseTrainer):
             num_train_epochs=c.epochs, max_steps=c.max_steps,
             per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
             gradient_accumulation_steps=c.grad_accum,
-            learning_rate=c.lr, optim=c.optimizer, weight_decay=c.weight_decay,
+            learning_rate=c.lr, optim=optimizer_name(c.optimizer, c.fused_optimizer), weight_decay=c.weight_decay,
             adam_beta1=c.adam_beta1, adam_beta2=c.adam_beta2,
             lr_scheduler_type=c.lr_scheduler, warmup_steps=float(c.warmup_ratio), max_grad_norm=c.max_grad_norm,
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
@@ -70,6 +75,7 @@ class HFTrainer(BaseTrainer):
                                   train_dataset=train.rows, eval_dataset=held.rows if held else None,
                                   processing_class=tokenizer, callbacks=list(self.callbacks))
         trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
+        trainer.sert_loss = self.loss
         trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
         last = self.last_complete(ckpt_dir)
         if last:

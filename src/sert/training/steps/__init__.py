@@ -127,7 +127,8 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
             if init is None:
                 model, tok = load_model(**ctx.model_kwargs())
             else:
-                model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device)
+                model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device,
+                                        attention=ctx.cfg.model.attention)
             summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
             write_json(d / SUMMARY, summary)
             save_final_model(model, tok, d / "model", info)
