@@ -1,5 +1,6 @@
 """The W&B dashboard after a sweep, read back from the offline run files: one group, config columns to group by,
-failed jobs marked (and resumed into the same run), and `sert-report --wandb` with report.md's tables."""
+failed and terminated jobs marked (and resumed into the same run), and `sert-report --wandb` with report.md's
+tables and figures."""
 
 from __future__ import annotations
 
@@ -81,15 +82,29 @@ def test_sweep_with_a_broken_job_on_the_dashboard(tmp_path: Path, csqa_files):
     assert [row[:2] for row in t2["data"]] == [["tiny", "Finetune"], ["tiny", "SERT"]]
     assert report["summary"]["runs"] == 5 and report["summary"]["runs_not_ok"] == 1
 
-    # the broken job run again, fixed, in its directory: the same W&B run, now finished
-    run_cli("stage=finetune", "seed=2", *common, f"hydra.run.dir={broken}", out=out, env=OFFLINE)
-    parts = sorted((broken / "wandb").glob("offline-run-*"))
-    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[1] for p in parts}) == 1
-    again = read_offline_runs(out)
-    resumed = again[failed["run"]["id"]]
-    assert len(again) == 6 and resumed["exit_code"] == 0 and resumed["summary"]["status"] == "ok"
-    assert "status:failed" not in resumed["run"]["tags"]
-    assert json.loads((broken / "run.json").read_text())["wandb"]["id"] == failed["run"]["id"]
+
+def test_terminated_job_is_failed_and_its_rerun_resumes_the_run(tmp_path: Path, csqa_files):
+    """SIGTERM (a polite kill) marks the run failed; the job run again in its directory continues the same W&B
+    run, which then ends finished."""
+    data, split = csqa_files
+    job = tmp_path / "job"
+    args = ["stage=data", f"dataset.path={data}", f"dataset.split_file={split}", "model=tiny", "logger=wandb",
+            "logger.mode=offline", f"hydra.run.dir={job}"]
+    kill = {**OFFLINE, "SERT_KILL_AT": "manifest.step_recorded:1", "SERT_KILL_SIGNAL": "SIGTERM"}
+    assert run_cli(*args, out=tmp_path / "out", env=kill, check=False).returncode != 0
+    manifest = json.loads((job / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"]["type"] == "Terminated"
+    (killed,) = read_offline_runs(job).values()
+    assert killed["exit_code"] == 1 and "status:failed" in killed["run"]["tags"]
+    assert killed["summary"]["error/type"] == "Terminated" and "SIGTERM" in killed["summary"]["error/message"]
+
+    run_cli(*args, out=tmp_path / "out", env=OFFLINE)
+    parts = sorted((job / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and {p.name.rsplit("-", 1)[1] for p in parts} == {killed["run"]["id"]}
+    (resumed,) = read_offline_runs(job).values()  # one run: its latest part
+    assert resumed["exit_code"] == 0 and resumed["summary"]["status"] == "ok"
+    assert "status:failed" not in resumed["run"]["tags"] and resumed["summary"]["data/cached"] == 1
+    assert json.loads((job / "run.json").read_text())["wandb"]["id"] == killed["run"]["id"]
 
 
 def test_report_run_has_the_figures_and_no_machine_paths(tmp_path: Path):
