@@ -68,13 +68,17 @@ def group_page(group: str, runs: list[dict], out: Path) -> str:
                              r["summary"].get("error/message")] for r in failed], ["failed"] * len(failed)))
     for report in (r for r in runs if r["run"]["job_type"] == "report"):
         parts.append(f"<h2>Report run <code>{html.escape(report['run']['name'])}</code></h2>")
-        order = lambda key: TABLES.index(key.split("/")[-1]) if key.split("/")[-1] in TABLES else len(TABLES)  # noqa: E731
-        for key, t in sorted(report["tables"].items(), key=lambda kv: order(kv[0])):
+        for key, t in sorted(report["tables"].items(), key=lambda kv: _table_rank(kv[0])):
             parts += [f"<h3><code>{html.escape(key)}</code></h3>", table(t["columns"], t["data"])]
         for key, path in report["images"].items():
             parts.append(f"<h3><code>{html.escape(key)}</code></h3><img alt=\"{html.escape(key)}\" "
                          f"src=\"{html.escape(_relative(path, out))}\">")
     return "\n".join(parts)
+
+
+def _table_rank(key: str) -> int:
+    name = key.split("/")[-1]
+    return TABLES.index(name) if name in TABLES else len(TABLES)
 
 
 def _count(runs: list[dict]) -> list[tuple[str, int]]:

@@ -40,7 +40,8 @@ def test_sweep_with_a_broken_job_on_the_dashboard(tmp_path: Path, csqa_files):
               "trainer.batch_size=2", "trainer.save_strategy=no", "evaluate.max_new_tokens=8",
               "evaluate.label_only_max_new_tokens=4", "logger=wandb", "logger.mode=offline", "experiment_name=dash"]
     run_cli("-m", "stage=finetune,sert", "seed=0,1", *common, "generation.max_new_tokens=30",
-            "filter.length.min_tokens=10", "filter.perplexity.min_ppl=0", "filter.rep2.max_rate=1.0", out=out, env=OFFLINE)
+            "filter.length.min_tokens=10", "filter.perplexity.min_ppl=0", "filter.rep2.max_rate=1.0", out=out,
+            env=OFFLINE)
     broken = out / "broken"
     proc = run_cli("stage=finetune", "seed=2", *common, "evaluate.format=bogus", f"hydra.run.dir={broken}", out=out,
                    env=OFFLINE, check=False)

@@ -60,7 +60,8 @@ def read_offline_run(path: str | os.PathLike) -> dict:
 def read_offline_runs(root: str | os.PathLike) -> dict[str, dict]:
     """Every offline run under ``root``, one per run id: a run resumed in several processes (one
     ``offline-run-<time>-<id>`` directory each) is its latest part, as ``wandb sync`` leaves it."""
-    parts = sorted(Path(root).rglob("offline-run-*/run-*.wandb"), key=lambda p: (p.parent.name.split("-")[2], p.stat().st_mtime))
+    parts = sorted(Path(root).rglob("offline-run-*/run-*.wandb"),
+                   key=lambda p: (p.parent.name.split("-")[2], p.stat().st_mtime))  # offline-run-<time>-<id>
     runs: dict[str, dict] = {}
     for part in parts:
         rec = read_offline_run(part)

@@ -37,7 +37,8 @@ def runs_group(runs: list[Run]) -> tuple[str | None, str | None, list[str]]:
     projects.pop(None, None)
     groups.pop(None, None)
     notes = [f"the runs are in {len(c)} W&B {what}s ({', '.join(map(str, c))}); the report run goes to the most "
-             f"common one (--wandb-{what} chooses)" for what, c in (("project", projects), ("group", groups)) if len(c) > 1]
+             f"common one (--wandb-{what} chooses)"
+             for what, c in (("project", projects), ("group", groups)) if len(c) > 1]
     top = lambda c: c.most_common(1)[0][0] if c else None  # noqa: E731
     return top(projects), top(groups), notes
 
