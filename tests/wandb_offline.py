@@ -63,9 +63,8 @@ def read_offline_runs(root: str | os.PathLike) -> dict[str, dict]:
     parts = sorted(Path(root).rglob("offline-run-*/run-*.wandb"),
                    key=lambda p: (p.parent.name.split("-")[2], p.stat().st_mtime))  # offline-run-<time>-<id>
     runs: dict[str, dict] = {}
-    for part in parts:
-        rec = read_offline_run(part)
-        runs[rec["run"]["id"]] = rec
+    for part in parts:  # the id from the directory name: a part cut short by a kill may hold no run record
+        runs[part.parent.name.rsplit("-", 1)[1]] = read_offline_run(part)
     return runs
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -104,29 +101,11 @@ def check_filters(f: DictConfig) -> None:
                          f"(defined: {sorted(defined - {'selector'})})")
 
 
-class Terminated(BaseException):
-    """SIGTERM (``kill``, a cluster's time limit, ``docker stop``) raised as an exception, like Ctrl-C's
-    KeyboardInterrupt, so that a terminated job is recorded as failed (run.json, W&B) before it exits."""
-
-
-def raise_on_sigterm() -> Callable[[], None]:
-    """From now on SIGTERM raises ``Terminated``; returns the function that restores the previous handler.
-    (Signal handlers can only be set in the main thread: elsewhere nothing changes.)"""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def raise_terminated(signum: int, _frame) -> None:
-        raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured stage inside ``run_dir``; returns the run's final metrics (may be empty).
 
     ``run.json`` says ``status: running`` from the start (a killed job keeps it, with no ``finished``),
-    then ``ok``, or ``failed`` with the error and the step that raised it (Ctrl-C and SIGTERM included)."""
+    then ``ok``, or ``failed`` with the error and the step that raised it."""
     from transformers import set_seed
 
     from sert.pipeline import Context
@@ -136,7 +115,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ctx = Context(cfg, run_dir)
     ctx.manifest.write()
     logger = None
-    restore_sigterm = raise_on_sigterm()
     try:
         check_config(cfg)
         log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
@@ -153,7 +131,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     finally:
         if logger is not None:
             logger.finish()
-        restore_sigterm()
     last = outputs[pipeline.steps[-1]]
     return dict(last.summary.get("metrics", {}))
 

@@ -1,6 +1,5 @@
 """Fault injection for kill tests: ``SERT_KILL_AT=<point>:<n>`` SIGKILLs the process the n-th time
-the named point is reached (e.g. ``generate.batch_saved:2``, ``train.checkpoint_saved:1``);
-``SERT_KILL_SIGNAL=SIGTERM`` sends that signal instead (a polite kill: ``kill``, a cluster's time limit).
+the named point is reached (e.g. ``generate.batch_saved:2``, ``train.checkpoint_saved:1``).
 
 Production code marks its durable moments with ``reached("<point>")``; without the environment
 variable this is a dictionary lookup and nothing else. The tests use it to kill a real ``sert``
@@ -29,4 +28,4 @@ def reached(point: str) -> None:
         return
     _hits[point] += 1
     if _hits[point] == int(count):
-        os.kill(os.getpid(), getattr(signal, os.environ.get("SERT_KILL_SIGNAL", "SIGKILL")))
+        os.kill(os.getpid(), signal.SIGKILL)
