@@ -199,6 +199,7 @@ class Manifest:
         self.finished: float | None = None
         self.status = "running"  # running -> ok | failed; a killed job stays "running" with no finished time
         self.error: dict | None = None
+        self.wandb: dict | None = None  # the W&B run of this job (project, entity, group, id), set by the logger
         self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
 
     def finish(self, status: str, err: BaseException | None = None) -> Path:
@@ -228,6 +229,7 @@ class Manifest:
             "stage": cfg.stage.name,
             "status": self.status,
             "error": self.error,
+            **({"wandb": self.wandb} if self.wandb else {}),
             "overrides": redact_argv(overrides()),
             "started": _iso(self.started),
             "finished": _iso(self.finished),

@@ -25,6 +25,7 @@ class Run:
     steps: dict[str, dict] = field(default_factory=dict)  # step name -> manifest entry
     status: str = "ok"  # run.json "status": running | ok | failed (manifests without it count as ok)
     error: dict | None = None  # {"type", "message", "step"} of a failed run
+    wandb: dict | None = None  # {"project", "entity", "group", "id"} of the run's W&B run, when it logged one
     rel: str = ""  # the run dir relative to the report's root (printed instead of absolute paths)
     _predictions: list[dict] | None = field(default=None, repr=False, compare=False)  # read once
 
@@ -124,7 +125,7 @@ def _read_run(path: Path) -> Run:
         dataset=ch.get("dataset") or cfg.get("dataset", {}).get("name", "?"),
         choices=ch, config=cfg, mtime=path.stat().st_mtime,
         steps={s["step"]: s for s in m.get("steps", [])},
-        status=str(m.get("status") or "ok"), error=m.get("error"),
+        status=str(m.get("status") or "ok"), error=m.get("error"), wandb=m.get("wandb"),
     )
 
 

@@ -256,7 +256,7 @@ def funnel_table(runs: list[Run]) -> str:
     if not seen:
         return "No filter steps under this directory."
     rows = []
-    for run in sorted(seen.values(), key=lambda r: (r.model, r.dataset, rank_in(r.filter, FILTER_ORDER))):
+    for run in sorted(seen.values(), key=lambda r: (r.model, r.dataset, rank_in(r.filter, FILTER_ORDER), r.rel)):
         st = run.filter_stats() or {}
         steps = " → ".join(f"{f['filter']} {f['kept']} ({f.get('questions_with_path', MISSING)} q)"
                            for f in st.get("funnel", [])) or "(no filters)"
