@@ -42,7 +42,8 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     # (B*KV, L, D) views of the cache (a preallocated cache is strided over its capacity: still a view)
     k, v = key.reshape(b * kv_heads, length, dim), value.reshape(b * kv_heads, length, dim)
     # the matmuls in the cache's dtype (no fp32 copy of the whole cache), the softmax in fp32
-    scores = torch.bmm(q, k.transpose(1, 2)).float().mul_(scale).view(b, kv_heads, group, length)
+    # scores as (K @ q^T)^T: a strided cache view on the left is read in place, on the right it would be copied
+    scores = torch.bmm(k, q.transpose(1, 2)).transpose(1, 2).float().mul_(scale).view(b, kv_heads, group, length)
     if attention_mask is not None:  # (B or 1, 1, 1, L): broadcasts over the KV heads and their query groups
         mask = attention_mask[..., -length:]
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
