@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -179,8 +180,33 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("acc")
 
 
+ENV_REFERENCE = re.compile(r"\$\{oc\.env:[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def refuse_secret_overrides(argv: list[str]) -> None:
+    """Stop before Hydra writes anything when an override carries a secret (``+teacher.api_key=sk-...``).
+
+    Hydra copies every override into the run's ``.hydra/*.yaml`` and, in a sweep, into job directory
+    names, logs and the W&B files; redacting all of those afterwards is fragile, so the key never gets
+    in. Keys are read from environment variables (``teacher.api_key_env=VAR``); a secret-named key may be
+    given as an environment reference (``+x.api_key=${oc.env:VAR}``), which Hydra stores unresolved."""
+    from sert.redaction import is_secret_arg, is_secret_value, redact_argv
+
+    for arg in argv:
+        value = arg.partition("=")[2]
+        if arg.startswith("-") or not is_secret_arg(arg):
+            continue
+        if ENV_REFERENCE.fullmatch(value) and not is_secret_value(value):
+            continue
+        raise SystemExit(
+            f"sert: refusing the override {redact_argv([arg])[0]}: a secret on the command line would be written "
+            "to the run's .hydra files, job names and logs; put it in an environment variable and pass its name "
+            "(teacher.api_key_env=VAR, judge.api_key_env=VAR) or reference it as ${oc.env:VAR}. Nothing was run.")
+
+
 def main() -> None:
     """``sert``: Hydra's entry point; a multirun with failed jobs lists them at the end (exit status 1)."""
+    refuse_secret_overrides(sys.argv[1:])
     try:
         _hydra_main()
     finally:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from conftest import run_cli
 
 from sert.redaction import REDACTED, is_secret_arg, is_secret_key, redact, redact_argv
 
@@ -58,3 +62,55 @@ def test_secret_values_by_shape():
     assert not is_secret_arg("teacher.base_url=http://127.0.0.1:8080/v1")
     assert not is_secret_arg("dataset.path=/data/task-abcdefghijklmnopqrstu.json")  # 'sk-' inside a word
     assert is_secret_arg("+judge.headers=Bearer eyJhbGciOi")
+
+
+# ----------------------------------------------------------------------------- through the CLI
+SECRET = "sk-test-NEVER-ON-DISK-0123456789abcdef"
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+
+
+def files_with(root: Path, needle: str) -> list[Path]:
+    """Every file under ``root`` whose bytes contain ``needle`` (symlinks to the cache followed once)."""
+    if not root.exists():
+        return []
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("secret_arg", [f"+teacher.api_key={SECRET}", f"+judge.hf_token={SECRET}",
+                                        f"teacher.base_url=https://me:{SECRET}@api.example.com/v1",
+                                        f"hydra.job.env_set.OPENAI_API_KEY={SECRET}"])
+def test_secret_override_is_refused_before_anything_is_written(tmp_path, sqa_jsonl, secret_arg):
+    out = tmp_path / "out"
+    proc = run_cli("stage=data", "model=tiny", "logger=wandb", f"dataset.path={sqa_jsonl}", secret_arg,
+                   out=out, check=False, env=OFFLINE)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sert: refusing the override ") and "api_key_env" in lines[0]
+    assert SECRET not in proc.stdout + proc.stderr
+    assert files_with(out, SECRET) == [] and not (out / "runs").exists()
+
+
+def test_secret_in_a_sweep_is_refused(tmp_path, sqa_jsonl):
+    out = tmp_path / "out"
+    proc = run_cli("-m", "stage=data", "model=tiny,gpt2", "logger=wandb", f"dataset.path={sqa_jsonl}",
+                   f"+teacher.api_key={SECRET},other", out=out, check=False, env=OFFLINE)
+    assert proc.returncode == 1 and "refusing the override +teacher.api_key=***" in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert files_with(out, SECRET) == [] and not (out / "multiruns").exists()
+
+
+def test_secret_from_the_environment_reaches_no_file_of_a_failing_sweep(tmp_path, sqa_jsonl):
+    """The allowed way: a secret-named key given as ``${oc.env:VAR}``. Hydra stores the reference, run.json
+    and W&B the redacted value; the jobs fail (missing split file) and still no file holds the secret."""
+    out = tmp_path / "out"
+    proc = run_cli("-m", "stage=data", "model=tiny,gpt2", "logger=wandb", f"dataset.path={sqa_jsonl}",
+                   f"dataset.split_file={tmp_path}/missing.json", "+dataset.hub_splits.api_key=${oc.env:SERT_TEST_SECRET}",
+                   out=out, check=False, env={**OFFLINE, "SERT_TEST_SECRET": SECRET})
+    assert proc.returncode == 1 and "2 sweep job(s) failed" in proc.stderr
+    runs = sorted(p.parent for p in (out / "multiruns").rglob("run.json"))
+    assert len(runs) == 2 and all(json.loads((r / "run.json").read_text())["status"] == "failed" for r in runs)
+    assert all(json.loads((r / "run.json").read_text())["config"]["dataset"]["hub_splits"]["api_key"] == "***"
+               for r in runs)
+    assert list((out / "multiruns").rglob("*.wandb")) and list((out / "multiruns").rglob("multirun.yaml"))
+    assert SECRET not in proc.stdout + proc.stderr
+    assert files_with(out, SECRET) == []
