@@ -114,9 +114,13 @@ class Context:
         entry = self.store.entry(step, key)
         with entry.lock():
             if entry.complete:
-                rec = entry.record()
-                log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
-                return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
+                damage = entry.problem(self.cfg.paths.verify)
+                if damage is None:
+                    log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
+                    return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
+                log.warning("[%s] cache entry %s is damaged (%s): deleting it and building it again",
+                            step, entry.dir, damage)
+                entry.discard()
             left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
             if left:

@@ -22,7 +22,8 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     opts = opts or Options()
     root = Path(root).resolve()
     out = Path(out) if out else root / "report.md"
-    runs = find_runs(root)
+    skipped: list[str] = []
+    runs = find_runs(root, skipped)
     t2, notes = table2(runs, opts)
     groups = judge_groups(runs)
     arms = fig1_arms(runs)
@@ -32,7 +33,7 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
              f"Missing cells are shown as {MISSING}; nothing is filled in.", ""]
     lines += _table2_section(t2, notes, opts)
     lines += _additions(runs, opts)
-    lines += _failures(root, runs)
+    lines += _failures(root, runs, skipped)
     lines += ["## Filter funnel", "", funnel_table(runs), ""]
     if arms:
         lines += fig1_tables(arms)
@@ -96,8 +97,12 @@ def _additions(runs: list[Run], opts: Options) -> list[str]:
     return lines
 
 
-def _failures(root: Path, runs: list[Run]) -> list[str]:
+def _failures(root: Path, runs: list[Run], skipped: list[str]) -> list[str]:
     lines = []
+    if skipped:
+        lines += ["## Unreadable run.json files", "",
+                  "Left out of every table above (a run killed while writing its manifest, or a damaged file).", "",
+                  *[f"- {s}" for s in skipped], ""]
     cells_failed = cell_failures(root)
     if cells_failed:
         lines += ["## Study cells not finished", "",
