@@ -14,6 +14,7 @@ is never served: the step deletes and rebuilds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -132,6 +133,31 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- a full disk
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def disk_full_message(err: OSError, where: str | os.PathLike) -> str:
+    """One line: what could not be written, how much space is left there, and that a rerun resumes."""
+    path = Path(err.filename or where)
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    return (f"no space left on the device writing {path} ({_size(free)} free there; {err.strerror}): free some "
+            "space and run the same command again (finished steps are cached, an interrupted one resumes)")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
 # ----------------------------------------------------------------------------- hashing
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-able object, independent of dict key order."""
@@ -239,6 +265,14 @@ class CacheEntry:
             if why:
                 return why if "/" not in rel else why.replace(Path(rel).name, rel, 1)
         return None
+
+    def remove_temp_files(self) -> None:
+        """Delete the hidden ``.*.tmp`` files and directories of writes a failed build left half done."""
+        for p in sorted(self.dir.rglob(".*.tmp"), reverse=True) if self.dir.is_dir() else []:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Delete the entry's files (a damaged entry is rebuilt from scratch, never resumed from)."""
