@@ -126,7 +126,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     if not os.path.exists(path):
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # a kill may tear a multi-byte character too
         for line in f:
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))

@@ -87,11 +87,14 @@ def is_user_error(err: BaseException) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Checks the schema cannot express, made before anything loads."""
+    from sert.config.checks import check_values
+
     for key in ("dataset.limit", "evaluate.limit"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer (the first N records) or null (all), got {value!r}")
     check_filters(cfg.filter)
+    check_values(cfg)
 
 
 def check_filters(f: DictConfig) -> None:
