@@ -111,6 +111,13 @@ def test_disk_full_message_names_path_and_free_space(tmp_path):
     assert any(unit in msg for unit in ("B free", "KB free", "MB free", "GB free")) and free >= 0
 
 
+def test_human_size_hand_checked():
+    from sert.artifacts import human_size
+
+    assert [human_size(n) for n in (0, 999, 1500, 262144, 4.2e9, 5e12, 7e15)] == [
+        "0 B", "999 B", "1.5 KB", "262.1 KB", "4.2 GB", "5.0 TB", "7000.0 TB"]
+
+
 # ----------------------------------------------------------------------------- SIGTERM
 def test_sigterm_marks_run_failed_like_ctrl_c(tmp_path, sqa_jsonl):
     out = tmp_path / "out"

@@ -36,7 +36,7 @@ def test_redact_tree_keeps_numbers_and_hides_secrets():
            "filter": {"length": {"min_tokens": 25}},
            "teacher": {"max_tokens": 512, "answer_max_tokens": 16, "api_key_env": "OPENAI_API_KEY", "api_key": "abc"},
            "judge": {"score_tokens": ["1", "2"], "max_tokens": 8, "base_url": "https://user:pw@host/v1"},
-           "headers": [{"Authorization": "x"}, "Bearer abcdef", "sk-" + "a" * 20, "plain", None],
+           "headers": [{"Authorization": "x"}, "Bearer abcdef0123456789xyz", "sk-" + "a" * 20, "plain", None],
            "hf_token": None}
     assert redact(cfg) == {
         "generation": {"max_new_tokens": 256, "samples_per_token": 5, "first_k": 5},
@@ -61,7 +61,10 @@ def test_secret_values_by_shape():
     assert is_secret_arg("teacher.base_url=https://me:hunter2@api.example.com/v1")
     assert not is_secret_arg("teacher.base_url=http://127.0.0.1:8080/v1")
     assert not is_secret_arg("dataset.path=/data/task-abcdefghijklmnopqrstu.json")  # 'sk-' inside a word
-    assert is_secret_arg("+judge.headers=Bearer eyJhbGciOi")
+    assert is_secret_arg("+judge.headers=Bearer eyJhbGciOiJIUzI1NiJ9.e30")
+    assert is_secret_arg("+x.y=sk-proj-" + "Ab3" * 10) and is_secret_arg("+x.y=hf_" + "aB1" * 10)
+    assert not is_secret_arg("dataset.path=/data/sk-learn-experiments-2024.json")  # no long random run
+    assert not is_secret_arg("prompts.generate=the bearer of {question}") and not is_secret_arg("paths.x=hf_cache")
 
 
 # ----------------------------------------------------------------------------- through the CLI

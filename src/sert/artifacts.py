@@ -146,16 +146,17 @@ def disk_full_message(err: OSError, where: str | os.PathLike) -> str:
     path = Path(err.filename or where)
     probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free
-    return (f"no space left on the device writing {path} ({_size(free)} free there; {err.strerror}): free some "
+    return (f"no space left on the device writing {path} ({human_size(free)} free there; {err.strerror}): free some "
             "space and run the same command again (finished steps are cached, an interrupted one resumes)")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
+def human_size(n: float) -> str:
+    """``262144`` -> ``262.1 KB`` (decimal units, as ``df -H``)."""
+    units = ["B", "KB", "MB", "GB", "TB"]
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -179,16 +180,17 @@ def file_record(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": file_hash(path, None)}
 
 
-def file_problem(path: Path, recorded: dict, full: bool = True) -> str | None:
-    """Why ``path`` is not the file that was recorded (None: it is). ``full=False`` hashes only files up to
-    ``CHEAP_HASH_BYTES`` (larger ones are checked by size)."""
+def file_problem(path: Path, recorded: dict, full: bool = True, name: str | None = None) -> str | None:
+    """Why ``path`` (called ``name`` in the message) is not the file that was recorded (None: it is).
+    ``full=False`` hashes only files up to ``CHEAP_HASH_BYTES`` (larger ones are checked by size)."""
+    name = name or path.name
     if not path.is_file():
-        return f"{path.name} is missing"
+        return f"{name} is missing"
     size = path.stat().st_size
     if size != recorded["size"]:
-        return f"{path.name} has {size} bytes, {recorded['size']} when it was written"
+        return f"{name} has {size} bytes, {recorded['size']} when it was written"
     if (full or size <= CHEAP_HASH_BYTES) and file_hash(path, None) != recorded["sha256"]:
-        return f"{path.name} was modified (same size, different sha256)"
+        return f"{name} was modified (same size, different sha256)"
     return None
 
 
@@ -261,9 +263,9 @@ class CacheEntry:
                 write_json(self.dir / COMPLETE, {**record, "files": {f: file_record(self.dir / f) for f in files}})
             return None
         for rel, recorded in files.items():
-            why = file_problem(self.dir / rel, recorded, full=verify == "full")
+            why = file_problem(self.dir / rel, recorded, full=verify == "full", name=rel)
             if why:
-                return why if "/" not in rel else why.replace(Path(rel).name, rel, 1)
+                return why
         return None
 
     def remove_temp_files(self) -> None:

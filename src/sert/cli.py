@@ -173,9 +173,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg, run_dir)
     except Exception as err:
-        from sert.pipeline import failed_step
-
         from sert.artifacts import disk_full_message, is_disk_full
+        from sert.pipeline import failed_step
 
         step = failed_step(err)
         what = disk_full_message(err, getattr(err, "sert_path", run_dir)) if is_disk_full(err) else \

@@ -115,7 +115,7 @@ class Context:
         entry = self.store.entry(step, key)
         with entry.lock():
             if entry.complete:
-                damage = entry.problem(self.cfg.paths.verify)
+                damage = entry.problem(OmegaConf.select(self.cfg, "paths.verify", default="fast"))
                 if damage is None:
                     log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
                     return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
