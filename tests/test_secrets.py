@@ -73,10 +73,10 @@ OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": 
 
 
 def files_with(root: Path, needle: str) -> list[Path]:
-    """Every file under ``root`` whose bytes contain ``needle`` (symlinks to the cache followed once)."""
+    """Every file or directory under ``root`` whose name or bytes contain ``needle``."""
     if not root.exists():
         return []
-    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+    return [p for p in root.rglob("*") if needle in str(p) or (p.is_file() and needle.encode() in p.read_bytes())]
 
 
 @pytest.mark.parametrize("secret_arg", [f"+teacher.api_key={SECRET}", f"+judge.hf_token={SECRET}",

@@ -113,7 +113,7 @@ def find_runs(root: str | os.PathLike, skipped: list[str] | None = None) -> list
                 run.rel = os.path.relpath(dirpath, root)
                 runs.append(run)
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"  # read_json's name the file
+                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"  # read_json's messages start with the file
                 print(f"sert-report: skipping {msg}", file=sys.stderr)
                 if skipped is not None:
                     skipped.append(os.path.relpath(path, root) + msg[len(str(path)):])
