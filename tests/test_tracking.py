@@ -74,8 +74,8 @@ def _offline_run(run_dir: Path) -> dict:
 def test_offline_run_files(tmp_path: Path, csqa_files):
     out = tmp_path / "out"
     run_cli("stage=data", *_data_args(csqa_files), "logger=wandb", "logger.mode=offline", "logger.tags=[t1]",
-            "+dataset.hub_splits.api_key=s3cr3t-value", "generation.max_new_tokens=7", "filter.length.min_tokens=3",
-            out=out, env=OFFLINE)
+            "+dataset.hub_splits.api_key=${oc.env:SERT_TEST_SECRET}", "generation.max_new_tokens=7",
+            "filter.length.min_tokens=3", out=out, env={**OFFLINE, "SERT_TEST_SECRET": "s3cr3t-value"})
     (run_dir,) = [p.parent for p in (out / "runs").rglob("run.json")]
     rec = _offline_run(run_dir)
     assert rec["run"]["name"] == "data/tiny/commonsense_qa"

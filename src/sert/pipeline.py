@@ -12,6 +12,7 @@ of an irrelevant knob reuses the artifact and a relevant one rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import platform
@@ -114,9 +115,13 @@ class Context:
         entry = self.store.entry(step, key)
         with entry.lock():
             if entry.complete:
-                rec = entry.record()
-                log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
-                return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
+                damage = entry.problem(OmegaConf.select(self.cfg, "paths.verify", default="fast"))
+                if damage is None:
+                    log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
+                    return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
+                log.warning("[%s] cache entry %s is damaged (%s): deleting it and building it again",
+                            step, entry.dir, damage)
+                entry.discard()
             left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
             if left:
@@ -124,7 +129,12 @@ class Context:
             else:
                 log.info("[%s] computing into %s", step, entry.dir)
             start = time.perf_counter()
-            summary = build(entry.dir) or {}
+            try:
+                summary = build(entry.dir) or {}
+            except OSError as err:  # e.g. a full disk: leave what is finished (the rerun resumes), free the rest
+                entry.remove_temp_files()
+                err.sert_path = str(entry.dir)  # type: ignore[attr-defined] - where, when the error does not say
+                raise
             seconds = time.perf_counter() - start
             summary = {**summary, "seconds": round(seconds, 3)}
             entry.finish(summary, material)
@@ -202,12 +212,36 @@ class Manifest:
         self.wandb: dict | None = None  # the W&B run of this job (project, entity, group, id), set by the logger
         self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
 
+    RESERVE = ".run.json.reserve"  # space held for the final run.json (a full disk must not hide the error)
+    RESERVE_BYTES = 256 << 10
+
+    def reserve(self) -> None:
+        """Hold a little disk space beside run.json, given back when the job ends."""
+        with contextlib.suppress(OSError), open(self.ctx.run_dir / self.RESERVE, "wb") as f:
+            f.write(bytes(self.RESERVE_BYTES))
+
     def finish(self, status: str, err: BaseException | None = None) -> Path:
-        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running."""
+        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running.
+
+        On a full disk the reserved space is given back and the write retried; if run.json still cannot
+        be written, a failed job says so in the log and its own error is what the caller raises."""
         self.status, self.finished = status, time.time()
         if err is not None:
             self.error = {"type": type(err).__name__, "message": str(err), "step": failed_step(err)}
-        return self.write()
+        reserve = self.ctx.run_dir / self.RESERVE
+        try:
+            return self.write()
+        except OSError:
+            reserve.unlink(missing_ok=True)  # give the held space back and try once more
+            try:
+                return self.write()
+            except OSError as again:
+                if err is None:
+                    raise
+                log.error("could not record the failure in %s (%s)", self.ctx.run_dir / "run.json", again)
+                return self.ctx.run_dir / "run.json"
+        finally:
+            reserve.unlink(missing_ok=True)
 
     def add(self, out: StepOutput) -> None:
         files = sorted(str(p.relative_to(out.dir)) for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -25,12 +25,11 @@ _KEY_OWNERS = {"api", "secret", "private", "access", "signing", "encryption"}
 _TOKEN_OWNERS = {"hf", "hub", "api", "auth", "access", "bearer", "refresh", "session", "id", "oauth", "github", "gh",
                  "wandb", "openai", "secret", "private", "client", "personal", "service", "bot", "jwt", "csrf"}
 
-SECRET_VALUE = re.compile(
-    r"\bbearer\s+\S"                   # an Authorization header value
-    r"|\bsk-[A-Za-z0-9_-]{16,}"        # OpenAI-style API key
-    r"|\bhf_[A-Za-z0-9]{20,}"          # Hugging Face access token
-    r"|://[^/@\s:]+:[^/@\s]+@",        # credentials inside a URL
-    re.I,
+SECRET_VALUE = re.compile(  # long random runs: 'sk-learn-runs', 'hf_cache' or 'the bearer of' are no secrets
+    r"\b[Bb]earer\s+[A-Za-z0-9._~+/-]{16,}"  # an Authorization header value
+    r"|\bsk-[A-Za-z0-9_-]*?[A-Za-z0-9_]{20}"  # OpenAI-style API key (sk-..., sk-proj-...)
+    r"|\bhf_[A-Za-z0-9]{20,}"                # Hugging Face access token
+    r"|://[^/@\s:]+:[^/@\s]+@"               # credentials inside a URL
 )
 
 

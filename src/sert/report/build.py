@@ -42,7 +42,8 @@ def make_report(root: str | os.PathLike, out: str | os.PathLike | None = None, p
     opts = opts or Options()
     root = Path(root).resolve()
     out = Path(out) if out else root / "report.md"
-    runs = find_runs(root)
+    skipped: list[str] = []
+    runs = find_runs(root, skipped)
     t2, notes = table2(runs, opts)
     report = Report(out, runs, t2)
     tables = report.tables
@@ -55,7 +56,7 @@ def make_report(root: str | os.PathLike, out: str | os.PathLike | None = None, p
              f"Missing cells are shown as {MISSING}; nothing is filled in.", ""]
     lines += _table2_section(t2, notes, opts)
     lines += _additions(runs, opts, tables)
-    lines += _failures(root, runs, tables)
+    lines += _failures(root, runs, tables, skipped)
     tables["funnel"] = funnel_table(runs)
     lines += ["## Filter funnel", "", tables["funnel"], ""]
     if arms:
@@ -123,8 +124,12 @@ def _additions(runs: list[Run], opts: Options, tables: dict) -> list[str]:
     return lines
 
 
-def _failures(root: Path, runs: list[Run], tables: dict) -> list[str]:
+def _failures(root: Path, runs: list[Run], tables: dict, skipped: list[str]) -> list[str]:
     lines = []
+    if skipped:
+        lines += ["## Unreadable run.json files", "",
+                  "Left out of every table above (a run killed while writing its manifest, or a damaged file).", "",
+                  *[f"- {s}" for s in skipped], ""]
     cells_failed = tables["cells_not_finished"] = cell_failures(root)
     if cells_failed:
         lines += ["## Study cells not finished", "",

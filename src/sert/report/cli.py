@@ -44,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         print("sert-report: --ci must be in (0, 1) and --resamples >= 1", file=sys.stderr)
         return 2
     root = args.dir
-    if args.collect:
-        copied = collect(args.dir, args.collect)
-        print(f"collected {len(copied)} runs into {args.collect}")
-        root = args.collect
     opts = Options(resamples=args.resamples, level=args.ci, boot_seed=args.boot_seed)
-    report = make_report(root, args.out, plots=not args.no_plots, opts=opts)
+    try:
+        if args.collect:
+            copied = collect(args.dir, args.collect)
+            print(f"collected {len(copied)} runs into {args.collect}")
+            root = args.collect
+        report = make_report(root, args.out, plots=not args.no_plots, opts=opts)
+    except (ValueError, OSError) as e:  # a damaged or unreadable step file: named, no traceback
+        print(f"sert-report: {e}", file=sys.stderr)
+        return 1
     print(report.table2)
     print(f"\nreport: {report.path}")
     if args.wandb:
