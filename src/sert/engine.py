@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sert.warping import warp
+
 log = logging.getLogger(__name__)
 
 
@@ -185,8 +187,6 @@ def _picker(temperature: float, top_p: float, top_k: int, seed: int) -> Callable
     """Next-token choice from (rows, vocab) logits: argmax, or a seeded draw after top-k/top-p warping."""
     if temperature <= 0:
         return lambda logits: logits.argmax(-1)
-    from sert.sampling import warp  # lazy: sert.sampling imports this module
-
     gen = torch.Generator().manual_seed(seed)
     return lambda logits: torch.multinomial(warp(logits.float().cpu(), top_k, top_p, temperature), 1,
                                             generator=gen).squeeze(1).to(logits.device)
