@@ -184,7 +184,7 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
     else:
         raise ValueError(f"generation.mode must be topk_alternatives or raw, got {spec.mode!r}")
 
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(P)  # the prompt is encoded once, its cache shared by P paths
     _preallocate(cache, prompt_len + steps)
     mask = mask.repeat_interleave(P, 0)
@@ -216,8 +216,8 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         width = prompt_len + t
         mask[:, width - 1] = 1
         out = model(input_ids=tokens[rows][:, None], attention_mask=mask[:, :width], position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, next_pos = out.past_key_values, next_pos + 1
+                    cache=cache, use_cache=True)
+        cache, next_pos = out.cache, next_pos + 1
         logits = out.logits[:, -1].float()
         u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
         step_tok = sample_tokens(logits, spec.top_k, spec.top_p, spec.temperature, u[rows])
