@@ -66,7 +66,7 @@ def check_filters(f: DictConfig) -> None:
 # Third-party messages a sert user cannot act on (sert picks the dtype and the cache API itself): dropped.
 NOISE = (
     "Loading a GGUF checkpoint with its weights packed is fastest in float32",  # transformers, bf16 GGUF loads
-    "`past_key_values`/`cache_params` are deprecated",  # transformers 5.2x renamed the cache argument
+    "`past_key_values`/`cache_params` are deprecated",  # transformers 5.2x: from HF generate (benchmarks), not sert
 )
 
 
