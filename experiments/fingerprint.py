@@ -1,6 +1,6 @@
 """Fingerprint of a fixed-seed tiny run: the sha256 of every artifact the pipeline writes.
 
-A refactoring that claims "behaviour unchanged" (issue 14) proves it here: run this before and after,
+A refactoring that claims "behaviour unchanged" proves it here: run this before and after,
 and the two fingerprints must be equal (same steps, same cache keys, byte-identical artifacts).
 
     python experiments/fingerprint.py --save before.json          # on the old commit
@@ -31,8 +31,10 @@ ROWS = [
     ("What melts ice? Answer choices: (A) cold, (B) dark, (C) wind, (D) heat, (E) salt water.", "D"),
     ("What do you use to cut paper? Answer choices: (A) spoon, (B) scissors, (C) cup, (D) sock, (E) hat.", "B"),
 ]
-# JSON keys whose values are wall-clock measurements, timestamps or absolute paths
-VOLATILE = {"seconds", "wall_seconds", "tok_per_s", "tokens_per_second", "started", "finished", "created",
+# JSON keys whose values are wall-clock measurements, timestamps, absolute paths or library version stamps
+# (transformers writes its own version into every saved config.json / generation_config.json: a patch release
+# of transformers must not count as a behaviour change; the lock file pins it anyway, see docs/install.md)
+VOLATILE = {"transformers_version", "seconds", "wall_seconds", "tok_per_s", "tokens_per_second", "started", "finished", "created",
             "dir", "path", "source", "train_runtime", "train_samples_per_second", "train_steps_per_second",
             "elapsed", "samples_per_second", "steps_per_second", "time", "timestamp", "load_seconds"}
 

@@ -1,5 +1,5 @@
-"""README "Extending sert", run as written: its files (a filter class and preset, a trainer class and config, a
-stage) are read from the README section, written into a temporary module directory (on PYTHONPATH) and a
+"""docs/extending.md, run as written: its files (a filter class and preset, a trainer class and config, a
+stage) are read from the page (and must equal ``examples/my_sert/``), written into a temporary module directory (on PYTHONPATH) and a
 temporary config directory (on ``hydra.searchpath``), and used through the real CLI with ``filter=<new>``,
 ``trainer=<new>`` and ``stage=<new>``: no file of sert is edited."""
 
@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose, run_cli, run_dirs
 
-SECTION = "## Extending sert"
+PAGE = ROOT / "docs" / "extending.md"
+EXAMPLE = ROOT / "examples" / "my_sert"
 Q = "Where do you keep milk cold? Answer choices: (A) oven, (B) fridge, (C) shelf, (D) car, (E) bag."
 
 
 def readme_files() -> dict[str, str]:
-    """{relative path: text} of every fenced block in the README section whose first line is ``# <path>``."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    section = text[start:end if end > 0 else None]
+    """{relative path: text} of every fenced block of docs/extending.md whose first line is ``# <path>``."""
+    section = PAGE.read_text(encoding="utf-8")
     files = {}
     for block in re.findall(r"```(?:python|yaml)\n(.*?)```", section, re.S):
         first = block.splitlines()[0]
@@ -31,9 +29,17 @@ def readme_files() -> dict[str, str]:
     return files
 
 
+def test_the_page_shows_the_example_files_as_they_are():
+    """docs/extending.md's blocks and the shipped examples/my_sert/ are the same files (neither drifts)."""
+    files = readme_files()
+    shipped = {str(p.relative_to(EXAMPLE)): p.read_text(encoding="utf-8")
+               for p in EXAMPLE.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")}
+    assert files == shipped
+
+
 @pytest.fixture
 def my_sert(tmp_path: Path) -> Path:
-    """The README's ``my_sert/`` directory: my_components.py and conf/{filter,trainer,stage}/*.yaml."""
+    """The page's ``my_sert/`` directory: my_components.py and conf/{filter,trainer,stage}/*.yaml."""
     root = tmp_path / "my_sert"
     files = readme_files()
     assert {"my_components.py", "conf/filter/max_length.yaml", "conf/trainer/frozen_embeddings.yaml",
@@ -45,7 +51,7 @@ def my_sert(tmp_path: Path) -> Path:
 
 
 def ext_cli(my_sert: Path, *overrides: str, out: Path, check: bool = True):
-    """``sert`` as the README runs it: my_sert on PYTHONPATH, my_sert/conf on the config search path."""
+    """``sert`` as docs/extending.md runs it: my_sert on PYTHONPATH, my_sert/conf on the config search path."""
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{my_sert}"}
     return run_cli(*overrides, f"hydra.searchpath=[file://{my_sert / 'conf'}]", out=out, check=check, env=env)
 
@@ -104,7 +110,7 @@ def test_a_new_trainer_is_one_class_and_one_yaml(my_sert: Path, tmp_path: Path, 
 
 
 def test_a_new_stage_is_one_yaml(my_sert: Path):
-    """stage=prepare: the README's stage composes and builds the pipeline [filter, teacher]."""
+    """stage=prepare: the page's stage composes and builds the pipeline [filter, teacher]."""
     from hydra.utils import instantiate
 
     cfg = compose("stage=prepare", f"hydra.searchpath=[file://{my_sert / 'conf'}]")

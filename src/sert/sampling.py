@@ -24,7 +24,7 @@ context; a prompt that alone fills it is refused (``PromptTooLong``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,7 @@ from sert import faults
 from sert.artifacts import stable_hash
 from sert.config.steps import GenerationConfig
 from sert.engine import DecodeStats, context_length, preallocate, stop_cut, trim_to_stop
+from sert.warping import inverse_cdf, sample_tokens, warp  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 _DEFAULT = GenerationConfig()  # the paper's settings are declared once, there
@@ -57,45 +58,7 @@ class SamplingSpec:
 
 
 # ----------------------------------------------------------------------------- sampling primitives
-def warp(logits: torch.Tensor, top_k: int, top_p: float, temperature: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) on a (rows, vocab) logits tensor -> probabilities.
-
-    The full-vocabulary reference; ``sample_tokens`` uses it only when top-k is off."""
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep tokens until mass reaches top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(-1)
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Draw one index per row of ``probs`` from uniforms ``u`` (rows,) in [0, 1)."""
-    cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    return idx.clamp_(max=probs.shape[-1] - 1)
-
-
-def sample_tokens(logits: torch.Tensor, top_k: int, top_p: float, temperature: float, u: torch.Tensor) -> torch.Tensor:
-    """One token id per row: the warped distribution (``warp``) drawn by inverse CDF over vocabulary order.
-
-    With top-k set, only the k largest logits are touched (``torch.topk``, no full-vocabulary sort):
-    top-p is applied within them and the draw walks the kept ids in ascending id order, which is the
-    full-vocabulary CDF with the zero-probability ids left out, i.e. the same token for the same ``u``.
-    ``logits`` may be bf16: the top-k ids and values are exact in it, only the k kept values are cast to fp32."""
-    if not 0 < top_k < logits.shape[-1]:
-        return inverse_cdf(warp(logits.float(), top_k, top_p, temperature), u)
-    vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, largest first; bf16 logits: the same ids as in fp32
-    probs = (vals.float() / temperature).softmax(-1)
-    if top_p < 1.0:
-        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
-    idx, order = idx.sort(-1)  # back to vocabulary order for the draw
-    return idx.gather(-1, inverse_cdf(probs.gather(-1, order), u)[:, None]).squeeze(-1)
+# warp / inverse_cdf / sample_tokens live in sert.warping (shared with sert.engine); re-exported here.
 
 
 def question_generator(seed: int, qid: str) -> torch.Generator:
@@ -136,11 +99,13 @@ def _stop_candidates(tok, stops: Sequence[str]) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the batched sampler
 @torch.no_grad()
 def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: SamplingSpec, seed: int,
-                 stats: DecodeStats | None = None) -> list[list[dict]]:
+                 stats: DecodeStats | None = None, on_step: Callable[[int], None] | None = None) -> list[list[dict]]:
     """All paths of a batch of questions. Returns per question a list of path dicts (first_token,
     first_token_rank, sample, text, token_ids, num_tokens, ppl, finish_reason).
 
-    ``stats`` (optional) counts rows whose new-token budget was clamped to the model's context."""
+    ``stats`` (optional) counts rows whose new-token budget was clamped to the model's context.
+    ``on_step(n)`` (optional, a progress bar) is called after every decoding step with the number of paths
+    that finished in it; over the batch the calls add up to the batch's path count."""
     device = next(model.parameters()).device
     B, K, S, P = len(prompts), spec.first_k, spec.samples_per_token, spec.paths_per_question
     R = B * P
@@ -191,7 +156,12 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
     tail = max((len(s) for s in stops), default=0) + 8  # tokens decoded for the stop-string check
     _check_stops(tok, ids, torch.arange(R, device=device), done, finish, stops, tail, stop_tokens)
     rows = torch.arange(R, device=device)  # rows still in the batch, in cache order
+    reported = 0
     for t in range(1, steps):
+        if on_step is not None:
+            n_done = int(done.sum())
+            on_step(n_done - reported)
+            reported = n_done
         if bool(done.all()):
             break
         finished = done[rows]
@@ -225,6 +195,8 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         _check_stops(tok, ids, live_rows, done, finish, stops, tail, stop_tokens)
         done = done | (budget <= t + 1)  # the row's context room is used up: finish_reason "length"
 
+    if on_step is not None:
+        on_step(R - reported)
     return _assemble(tok, torch.stack(ids, 1).cpu(), torch.stack(logps, 1).cpu(), finish, ranks, B, P, S, spec.stop)
 
 

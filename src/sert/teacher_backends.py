@@ -237,7 +237,7 @@ def local_model_spec(ref: str) -> dict:
     if spec.get("gguf_file"):
         path = Path(spec["name_or_path"]) / spec["gguf_file"]
         if not path.is_file():
-            hint = (" (make it with experiments/get_qwen_teacher.sh, see README \"Distillation without an API\")"
+            hint = (" (make it with experiments/get_qwen_teacher.sh, see docs/teacher-and-judge.md, \"Distillation without an API\")"
                     if spec["gguf_file"] == QWEN_GGUF else "")
             raise FileNotFoundError(f"teacher.model={ref}: model file {path} not found{hint}")
     spec.pop("name", None)

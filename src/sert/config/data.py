@@ -65,5 +65,5 @@ class ModelConfig:
 class PathsConfig:
     output_dir: str = "outputs"  # runs under <output_dir>/runs, sweeps under /multiruns
     cache_dir: str = "outputs/cache"  # content-addressed stage cache: <cache_dir>/<step>/<key>/
-    shared_dir: str = "../shared"  # real data + tokenizer (see README)
+    shared_dir: str = "../shared"  # real data + tokenizer (see docs/install.md)
     verify: Verify = Verify.fast  # what a cache hit checks against COMPLETE.json before serving (docs/reliability.md)

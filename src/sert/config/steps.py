@@ -53,7 +53,7 @@ class GenerationConfig:
     batch_size: int = 8
     backend: GenerationBackend = GenerationBackend.hf
     sampler: GenerationSampler = field(default_factory=GenerationSampler)  # built from ``backend``
-    # backend=ctranslate2: float32 (ppl matches torch) | int8 (faster, but moves ppl: README) | bfloat16
+    # backend=ctranslate2: float32 (ppl matches torch) | int8 (faster, but moves ppl: docs/generation-and-filters.md) | bfloat16
     ct2_compute_type: str = "float32"
     # The model's compute dtype while sampling. auto = bfloat16 only on hardware with fast bf16
     # (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32; the RESOLVED dtype is in the cache key.
