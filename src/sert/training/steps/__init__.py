@@ -103,6 +103,12 @@ def save_final_model(model, tok, out: Path, info: dict) -> Path:
     return out
 
 
+def longest_target(tok, examples: list[Example]) -> int:
+    """Tokens of the longest completion (the text the model learns to write after the prompt), EOS included:
+    the evaluate step's new-token budget should not be below it (``sert.evaluate.budget_check``)."""
+    return max(len(tok(e.completion, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+
+
 def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData]) -> StepOutput:
     """Train the base model (or ``data.init``'s checkpoint) on ``source(ctx)`` through the stage cache."""
     data = source(ctx)
@@ -130,8 +136,9 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
                 model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device,
                                         attention=ctx.cfg.model.attention)
             summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
+            summary["longest_target_tokens"] = longest_target(tok, examples)
             write_json(d / SUMMARY, summary)
-            save_final_model(model, tok, d / "model", info)
+            save_final_model(model, tok, d / "model", {**info, "longest_target_tokens": summary["longest_target_tokens"]})
             faults.reached("train.model_saved")
         trainer.drop_checkpoints(d)  # only now: the final model is on disk
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
