@@ -48,3 +48,25 @@ def test_limit_share_per_cell_flagged(tmp_path: Path):
     assert "| RD | " in table and "| 10.0% ⚠ above 5% | 10 |" in table
     assert "| SERT | " in table and "| 0.0% | 20 |" in table
     assert next(ln for ln in table.splitlines() if "| Finetune |" in ln).endswith("| — | — |")  # not recorded
+
+
+def test_base_model_row_and_option_likelihood_column(tmp_path: Path):
+    root = tmp_path / "study"
+    rows = preds([False] * 10, fmt=[False] * 10)
+    for i, r in enumerate(rows):
+        r["correct_option"] = i < 6  # the format hides it: 0% strict, 60% by option likelihood
+    make_run(root, "base_s0", "evaluate", "gpt2", "strategy_qa", seed=0, predictions=rows,
+             config={"stage": {"name": "evaluate", "evaluate_model": "base"}, "evaluate": {"checkpoint": None}},
+             metrics={**eval_metrics(0.0), "acc_option": 0.6})
+    make_run(root, "ckpt_s0", "evaluate", "gpt2", "strategy_qa", seed=0, predictions=preds([True] * 10),
+             config={"evaluate": {"checkpoint": "/some/checkpoint"}}, metrics=eval_metrics(1.0))  # not the base model
+    make_run(root, "sert_s0", "sert", "gpt2", "strategy_qa", seed=0, predictions=preds([True] * 10, fmt=[True] * 10),
+             metrics=eval_metrics(1.0))
+    text = build_report(root, plots=False)[0].read_text()
+    t2 = text[:text.index("### ")]
+    lines = [ln for ln in t2.splitlines() if ln.startswith("| GPT-2 |")]
+    assert [ln.split("|")[2].strip() for ln in lines] == ["Base (zero-shot)", "SERT", "evaluate"]  # base row first
+    assert lines[0].split("|")[3].strip() == "0.00 [0.00, 0.00]"
+    lenient = text[text.index("### Strict, lenient"):].split("\n#", 1)[0]
+    base = next(ln for ln in lenient.splitlines() if "| Base (zero-shot) |" in ln)
+    assert base.rstrip(" |").split("|")[-1].strip().startswith("60.00 [")  # Acc (option likelihood), bootstrapped

@@ -21,8 +21,11 @@ its context leaves (clamped, warned once, counted in the summary's ``decoding``)
 
 Resume: every finished batch is appended (fsync'd) to ``predictions.partial.jsonl`` in the cache entry
 (raw outputs keyed by qid); a killed run, rerun, decodes only the questions not in it.
-Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok)
-and ``metrics.json`` {acc, fmt, len, rep, n}; ``summary["metrics"]`` is the same dict.
+Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok,
+finish_reason, and the labelled additions: correct_lenient, format_prefix, option_pred, correct_option)
+and ``metrics.json`` {acc, fmt, len, rep, n, acc_lenient, fmt_prefix, limit_hit, acc_option};
+``summary["metrics"]`` is the same dict. ``limit_hit``: share of outputs cut at the new-token budget;
+``acc_option``: option-likelihood accuracy (``sert.likelihood``, ``evaluate.option_likelihood``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from sert.artifacts import append_jsonl, file_hash, read_jsonl_tolerant, write_j
 from sert.data import Record
 from sert.engine import Decoded, DecodeStats, decode
 from sert.hardware import resolve_dtype
+from sert.likelihood import option_predictions
 from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
                           is_well_formatted, split_reasoning)
 from sert.models import load_model, resolve_device
@@ -132,6 +136,14 @@ def limit_hit_share(finish_reasons: list[str]) -> float | None:
     return round(sum(r == "length" for r in finish_reasons) / len(finish_reasons), 4) if finish_reasons else None
 
 
+def add_option_accuracy(rows: list[dict], metrics: dict, picks: list[dict], records: list[Record]) -> None:
+    """Each prediction row gains ``option_pred``, ``option_logprobs`` and ``correct_option``; the metrics gain
+    ``acc_option``, the option-likelihood accuracy (``sert.likelihood``; labelled, not the paper's)."""
+    for row, pick, rec in zip(rows, picks, records):
+        row.update(pick, correct_option=pick["option_pred"] == rec.answer)
+    metrics["acc_option"] = round(sum(r["correct_option"] for r in rows) / len(rows), 4) if rows else None
+
+
 def budget_check(model_dir: Path | None, max_new: int) -> int | None:
     """The longest training target (completion tokens) of the checkpoint, from ``training_info.json``
     (None for the base model or older checkpoints); warns when the new-token budget is below it: outputs as
@@ -201,6 +213,8 @@ def run(ctx: Context) -> StepOutput:
                 "dtype": dtype, "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
                 "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},
                 "answers": {"choice": ctx.prompts.answer_choice, "binary": ctx.prompts.answer_binary}}
+    if ecfg.option_likelihood:  # keyed only when on: evaluate.option_likelihood=false keeps older entries' keys
+        material["option_likelihood"] = {"context": ctx.prompts.label_only}
 
     longest = budget_check(model_dir, max_new)
 
@@ -220,6 +234,9 @@ def run(ctx: Context) -> StepOutput:
         warn_context(decoding, max_new)
         rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep,
                               finish_reasons=reasons)
+        if ecfg.option_likelihood:
+            add_option_accuracy(rows, metrics, option_predictions(model, tok, ctx.prompts, ds.records,
+                                                                  batch_size=ecfg.batch_size), ds.records)
         write_jsonl(d / "predictions.jsonl", rows)
         write_json(d / "metrics.json", metrics)
         (d / PARTIAL).unlink(missing_ok=True)

@@ -76,10 +76,14 @@ def _additions(runs: list[Run], opts: Options) -> list[str]:
     lines = []
     lenient = lenient_table(runs, opts)
     if lenient:
-        lines += ["### Strict and lenient accuracy, strict and prefix format (labelled additions)", "",
+        lines += ["### Strict, lenient and option-likelihood accuracy, strict and prefix format (labelled additions)", "",
                   "Acc (lenient): when the strict extraction finds no answer, the last answer candidate in the output "
                   "(reasoning-teacher's fallback). Fmt (prefix): the output starts with reasoning and its first "
                   "\"So the answer is\" sentence has a parsable answer, whatever follows (`sert.metrics`). "
+                  "Acc (option likelihood): no generation; each answer option (Yes/No, or (A)-(E) with its text) is "
+                  "scored by its log-likelihood after \"Question: q Answer:\" and the most likely one is the answer, as "
+                  "lm-evaluation-harness scores multiple choice (`sert.likelihood`): what the model knows when its "
+                  "output format hides it. "
                   f"Not the paper's metrics. Same {_ci(opts)} method.", "", lenient, ""]
     seeds = seed_table(runs)
     if seeds:

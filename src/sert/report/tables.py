@@ -28,9 +28,9 @@ def table2_cells(runs: list[Run]) -> Cells:
     cells: Cells = defaultdict(lambda: {"ok": [], "other": []})
     for r in runs:
         if r.eval_metrics() is not None:
-            cells[(r.model, r.stage, r.dataset)]["ok"].append(r)
+            cells[(r.model, r.method, r.dataset)]["ok"].append(r)
         elif r.status != "ok" and _is_method_run(r):
-            cells[(r.model, r.stage, r.dataset)]["other"].append(r)
+            cells[(r.model, r.method, r.dataset)]["other"].append(r)
     return cells
 
 
@@ -148,11 +148,11 @@ def lenient_table(runs: list[Run], opts: Options) -> str | None:
     rows = []
     for key in sorted(cells, key=cell_order):
         model, method, ds = key
-        est = {k: estimate(cells[key], k, opts, (model, method, ds, k)) for k in ROW_FIELDS}  # acc, fmt, lenient, prefix
+        est = {k: estimate(cells[key], k, opts, (model, method, ds, k)) for k in ROW_FIELDS}
         rows.append([dataset_name(ds), model_name(model), method_name(method),
                      *[fmt_estimate(k, e) for k, e in est.items()]])
-    return md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)"],
-                    rows)
+    return md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)",
+                     "Acc (option likelihood)"], rows)
 
 
 def seed_table(runs: list[Run]) -> str | None:
@@ -209,7 +209,7 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
                 notes.append(f"{label}: no seed run in both arms, no paired difference")
                 continue
             found = {m: _paired_cell(ra, rb, seeds, m, (model, ds, a, b), opts, label, notes)
-                     for m in ("acc", "acc_lenient", "fmt")}  # (text, questions compared, per-seed difference, MDD)
+                     for m in ("acc", "acc_lenient", "fmt", "acc_option")}  # (text, questions, per-seed diff, MDD)
             sizes = [size for _, size, _, _ in found.values() if size is not None]
             if not sizes:
                 notes.append(f"{label}: no per-question predictions in both arms, no paired difference")
@@ -219,8 +219,8 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
                          f"{len(seeds)}×{sizes[0]}", fmt_by_seed("acc", found["acc"][2], signed=True)])
     if not rows:
         return None, notes
-    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "MDD ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt", "seeds×n",
-              "ΔAcc by seed (pp)"]
+    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "MDD ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt",
+              "ΔAcc option likelihood (pp)", "seeds×n", "ΔAcc by seed (pp)"]
     return md_table(header, rows), notes
 
 
