@@ -78,7 +78,15 @@ def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
     preds = read_jsonl(Path(ev["dir"]) / "predictions.jsonl")
     assert len(preds) == 3 and preds[0]["question"].startswith("Can a fish")
     metrics = read_json(Path(ev["dir"]) / "metrics.json")
-    assert set(metrics) == {"acc", "fmt", "len", "rep", "n", "acc_lenient", "fmt_prefix"} and metrics["n"] == 3
+    assert set(metrics) == {"acc", "fmt", "len", "rep", "n", "acc_lenient", "fmt_prefix", "limit_hit",
+                            "acc_option"} and metrics["n"] == 3
+    # option-likelihood accuracy: each row's argmax over Yes/No, scored against the gold answer
+    assert all(set(p["option_logprobs"]) == {"Yes", "No"} for p in preds)
+    assert all(p["option_pred"] == max(p["option_logprobs"], key=p["option_logprobs"].get) for p in preds)
+    assert metrics["acc_option"] == round(sum(p["option_pred"] == p["gold"] for p in preds) / 3, 4)
+    # issue 19: each row's finish reason, and the share cut at the new-token budget
+    assert {p["finish_reason"] for p in preds} <= {"eos", "stop", "length"}
+    assert metrics["limit_hit"] == round(sum(p["finish_reason"] == "length" for p in preds) / 3, 4)
     assert ev["summary"]["metrics"] == metrics
 
 

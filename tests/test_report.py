@@ -279,12 +279,15 @@ def test_paired_differences(tmp_path: Path):
     text = build_report(root, plots=False)[0].read_text()
     diffs = text[text.index("### Paired differences"):]
     # ΔFmt: — because the label-only Finetune has no Fmt
-    assert ("| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | — | 2×10 | "
-            "s0 +0.00, s1 +0.00 |") in diffs
+    assert ("| StrategyQA | GPT-2 | SERT − Finetune | 0.00 [0.00, 0.00] | 0.00 | 0.00 [0.00, 0.00] | — | — | 2×10 | "
+            "s0 +0.00, s1 +0.00 |") in diffs  # identical arms: MDD 0; no option likelihood recorded: —
     line = next(ln for ln in diffs.splitlines() if "SERT+RD − RD" in ln)
     mean, lo, hi = _ci(line.split("|")[4].strip())
     # seed 0 gains 100 pp on every question; seed 1 gains 50 pp (5 of 10): the draws that take seed 0 twice give 100
     assert mean == 75.00 and 0 <= lo < 75 and hi == 100.00 and line.rstrip(" |").endswith("2×10 | s0 +100.00, s1 +50.00")
+    # MDD by hand (sert.report.power): per-question seed means 1 (x5) and 0.5 (x5): var_q 0.0625 / 10 questions;
+    # seed means 1.0 and 0.5: var_s 0.125 / 2 seeds; SE = sqrt(0.00625 + 0.0625) = 0.26220; x 2.80158 = 73.46 pp
+    assert line.split("|")[5].strip() == "73.46"
 
 
 def test_seed_by_seed_table(tmp_path: Path):
@@ -304,7 +307,7 @@ def test_paired_format_difference(tmp_path: Path):
                  predictions=preds([True] * 5 + [False] * 5, fmt=fmt))
     text = build_report(root, plots=False)[0].read_text()
     line = next(ln for ln in text.splitlines() if "| SERT+RD − RD |" in ln)
-    mean, lo, hi = _ci(line.split("|")[6].strip())
+    mean, lo, hi = _ci(line.split("|")[7].strip())
     assert mean == 0.40 and lo < 0.40 < hi  # 6 of 10 well-formed against 2 of 10, same questions
 
 
@@ -352,7 +355,7 @@ def test_teacher_row_and_lenient_table(tmp_path: Path):
     mean, lo, hi = _ci(row[2])
     assert mean == 60.00 and lo < 60 < hi and row[6] == "1×200" and row[7] == "GPT-3.5: 53.45 / — / 76.77 / 0.36"
     assert "200 train-split samples each" in text
-    lenient = text[text.index("### Strict and lenient"):]
+    lenient = text[text.index("### Strict, lenient"):]
     assert "| StrategyQA | GPT-2 | SERT | 25.00 [0.00, 75.00] | 75.00 [" in lenient
 
 

@@ -238,7 +238,8 @@ def test_distill_step_from_base_or_sert(tmp_path, csqa_files, init):
     assert ev.summary["format"] == "distill" and ev.summary["model"] == str(out.path("model"))
     row = read_jsonl(ev.path("predictions.jsonl"))[0]
     assert set(row) == {"qid", "question", "gold", "output", "reasoning", "extracted", "correct", "format_ok",
-                        "extracted_lenient", "correct_lenient", "format_prefix"}
+                        "extracted_lenient", "correct_lenient", "format_prefix", "finish_reason", "option_pred",
+                        "option_logprobs", "correct_option"}
 
 
 def test_distill_without_teacher_data_or_key_fails_clearly(tmp_path, csqa_files, monkeypatch):

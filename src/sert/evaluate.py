@@ -21,8 +21,11 @@ its context leaves (clamped, warned once, counted in the summary's ``decoding``)
 
 Resume: every finished batch is appended (fsync'd) to ``predictions.partial.jsonl`` in the cache entry
 (raw outputs keyed by qid); a killed run, rerun, decodes only the questions not in it.
-Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok)
-and ``metrics.json`` {acc, fmt, len, rep, n}; ``summary["metrics"]`` is the same dict.
+Outputs: ``predictions.jsonl`` (qid, question, gold, output, reasoning, extracted, correct, format_ok,
+finish_reason, and the labelled additions: correct_lenient, format_prefix, option_pred, correct_option)
+and ``metrics.json`` {acc, fmt, len, rep, n, acc_lenient, fmt_prefix, limit_hit, acc_option};
+``summary["metrics"]`` is the same dict. ``limit_hit``: share of outputs cut at the new-token budget;
+``acc_option``: option-likelihood accuracy (``sert.likelihood``, ``evaluate.option_likelihood``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from sert.artifacts import append_jsonl, file_hash, read_jsonl_tolerant, write_j
 from sert.data import Record
 from sert.engine import Decoded, DecodeStats, decode
 from sert.hardware import resolve_dtype
+from sert.likelihood import option_predictions
 from sert.metrics import (compute_metrics, extract_answer, extract_answer_lenient, is_prefix_formatted,
                           is_well_formatted, split_reasoning)
 from sert.models import load_model, resolve_device
@@ -85,20 +89,25 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
 
 
 def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep_n: int = 3,
-          max_rep: float = 0.3) -> tuple[list[dict], dict]:
+          max_rep: float = 0.3, finish_reasons: list[str] | None = None) -> tuple[list[dict], dict]:
     """Prediction rows and the metrics dict for generated ``outputs``.
 
     Besides the paper's strict Acc/Fmt, each row carries ``correct_lenient`` (``extract_answer_lenient``:
     the last answer candidate when the strict extraction finds none) and ``format_prefix``
-    (``is_prefix_formatted``); the metrics gain ``acc_lenient`` and ``fmt_prefix`` (labelled, not the paper's)."""
+    (``is_prefix_formatted``); the metrics gain ``acc_lenient`` and ``fmt_prefix`` (labelled, not the paper's).
+    With ``finish_reasons`` (the engine's eos | stop | length per output) each row carries its
+    ``finish_reason`` and the metrics gain ``limit_hit``: the share of outputs cut at the new-token budget
+    (issue 19: a cut answer has no answer sentence, so a budget below the trained length biases Acc)."""
     label_only = fmt == "label_only"
     rows, ok, reason_len, out_toks, prefix = [], [], [], [], []
-    for rec, output in zip(records, outputs):
+    for i, (rec, output) in enumerate(zip(records, outputs)):
         extracted = extract_answer(output, rec.choices, label_only=label_only)
         lenient = extract_answer_lenient(output, rec.choices, label_only=label_only)
         row = {"qid": rec.qid, "question": rec.question, "gold": rec.answer, "output": output,
                "reasoning": None, "extracted": extracted, "correct": extracted == rec.answer, "format_ok": None,
                "extracted_lenient": lenient, "correct_lenient": lenient == rec.answer, "format_prefix": None}
+        if finish_reasons is not None:
+            row["finish_reason"] = finish_reasons[i]
         if not label_only:
             reasoning, _ = split_reasoning(output)
             toks = tokenizer(output.strip(), add_special_tokens=False)["input_ids"]
@@ -113,8 +122,38 @@ def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep
     correct = [r["correct"] for r in rows]
     lenient_ok = [r["correct_lenient"] for r in rows]
     if label_only:
-        return rows, compute_metrics(correct, correct_lenient=lenient_ok)
-    return rows, compute_metrics(correct, ok, reason_len, out_toks, correct_lenient=lenient_ok, format_prefix=prefix)
+        metrics = compute_metrics(correct, correct_lenient=lenient_ok)
+    else:
+        metrics = compute_metrics(correct, ok, reason_len, out_toks, correct_lenient=lenient_ok, format_prefix=prefix)
+    if finish_reasons is not None:
+        metrics["limit_hit"] = limit_hit_share(finish_reasons)
+    return rows, metrics
+
+
+def limit_hit_share(finish_reasons: list[str]) -> float | None:
+    """Share of outputs whose decoding stopped at the new-token budget (finish_reason ``length``):
+    ``["eos", "length", "eos", "stop"]`` -> 0.25."""
+    return round(sum(r == "length" for r in finish_reasons) / len(finish_reasons), 4) if finish_reasons else None
+
+
+def add_option_accuracy(rows: list[dict], metrics: dict, picks: list[dict], records: list[Record]) -> None:
+    """Each prediction row gains ``option_pred``, ``option_logprobs`` and ``correct_option``; the metrics gain
+    ``acc_option``, the option-likelihood accuracy (``sert.likelihood``; labelled, not the paper's)."""
+    for row, pick, rec in zip(rows, picks, records):
+        row.update(pick, correct_option=pick["option_pred"] == rec.answer)
+    metrics["acc_option"] = round(sum(r["correct_option"] for r in rows) / len(rows), 4) if rows else None
+
+
+def budget_check(model_dir: Path | None, max_new: int) -> int | None:
+    """The longest training target (completion tokens) of the checkpoint, from ``training_info.json``
+    (None for the base model or older checkpoints); warns when the new-token budget is below it: outputs as
+    long as what the model was trained to write would be cut (issue 19)."""
+    longest = (training_info(model_dir) or {}).get("longest_target_tokens") if model_dir else None
+    if longest and max_new < longest:
+        log.warning("evaluate budget %d new tokens is below the longest training target (%d tokens): long "
+                    "answers will be cut (raise evaluate.max_new_tokens; the report shows the limit-hit share)",
+                    max_new, longest)
+    return longest
 
 
 def warn_context(stats: DecodeStats, max_new: int) -> None:
@@ -131,8 +170,9 @@ _RAW = ("text", "num_tokens", "finish_reason", "prompt_tokens", "budget", "trunc
 
 
 def decode_resumable(model, tok, records: list[Record], prompts: list[str], d: Path, *, max_new_tokens: int,
-                     batch_size: int, greedy: bool, seed: int, stats: DecodeStats) -> tuple[list[str], int]:
-    """(outputs, number of questions read back): decode ``prompts``, saving each finished batch durably in
+                     batch_size: int, greedy: bool, seed: int, stats: DecodeStats
+                     ) -> tuple[list[str], list[str], int]:
+    """(outputs, their finish reasons, number of questions read back): decode ``prompts``, saving each finished batch durably in
     ``d/PARTIAL``; questions already there (a killed run) are read back, not decoded again. ``stats``
     covers every row, read back or decoded. (Greedy outputs do not depend on the batch a prompt lands in;
     sampled ones, ``greedy=false``, are seeded per batch, so a resumed sampled run differs from an
@@ -142,21 +182,22 @@ def decode_resumable(model, tok, records: list[Record], prompts: list[str], d: P
     if done:
         log.info("resuming evaluation: %d/%d questions already decoded (%s)", len(done), len(records), d / PARTIAL)
     outputs: list[str | None] = [None] * len(records)
+    reasons: list[str | None] = [None] * len(records)
     for i in done:
         row = Decoded(**{k: saved[records[i].qid][k] for k in _RAW})
-        outputs[i] = row.text
+        outputs[i], reasons[i] = row.text, row.finish_reason
         stats.count(row, max_new_tokens)
 
     def save(indices: list[int], results: list[Decoded]) -> None:
         for i, res in zip(indices, results):
             append_jsonl(d / PARTIAL, {"qid": records[i].qid, **{k: getattr(res, k) for k in _RAW}})
-            outputs[i] = res.text
+            outputs[i], reasons[i] = res.text, res.finish_reason
         faults.reached("evaluate.batch_saved")
 
     sampling = {} if greedy else {"temperature": 1.0, "top_p": 0.95}
     decode(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc="evaluate",
            on_batch=save, skip=done, stats=stats, **sampling)
-    return outputs, len(done)
+    return outputs, reasons, len(done)
 
 
 def run(ctx: Context) -> StepOutput:
@@ -172,6 +213,10 @@ def run(ctx: Context) -> StepOutput:
                 "dtype": dtype, "greedy": ecfg.greedy, "seed": ctx.cfg.seed if not ecfg.greedy else None,
                 "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep},
                 "answers": {"choice": ctx.prompts.answer_choice, "binary": ctx.prompts.answer_binary}}
+    if ecfg.option_likelihood:  # keyed only when on: evaluate.option_likelihood=false keeps older entries' keys
+        material["option_likelihood"] = {"context": ctx.prompts.label_only}
+
+    longest = budget_check(model_dir, max_new)
 
     def build(d: Path) -> dict:
         if model_dir is None:
@@ -183,16 +228,21 @@ def run(ctx: Context) -> StepOutput:
                  len(ds.records), ds.split)
         prompts = [prompt_for(ctx.prompts, fmt, r) for r in ds.records]
         decoding = DecodeStats()
-        outputs, resumed = decode_resumable(model, tok, ds.records, prompts, d, max_new_tokens=max_new,
+        outputs, reasons, resumed = decode_resumable(model, tok, ds.records, prompts, d, max_new_tokens=max_new,
                                             batch_size=ecfg.batch_size, greedy=ecfg.greedy, seed=ctx.cfg.seed,
                                             stats=decoding)
         warn_context(decoding, max_new)
-        rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep)
+        rows, metrics = score(ds.records, outputs, tok, fmt, rep_n=ecfg.fmt_rep_n, max_rep=ecfg.fmt_max_rep,
+                              finish_reasons=reasons)
+        if ecfg.option_likelihood:
+            add_option_accuracy(rows, metrics, option_predictions(model, tok, ctx.prompts, ds.records,
+                                                                  batch_size=ecfg.batch_size), ds.records)
         write_jsonl(d / "predictions.jsonl", rows)
         write_json(d / "metrics.json", metrics)
         (d / PARTIAL).unlink(missing_ok=True)
         return {"format": fmt, "model": str(model_dir) if model_dir else "base", "split": ds.split, "dtype": dtype,
-                "decoding": {**decoding.as_dict(), "resumed": resumed}, "metrics": metrics}
+                "decoding": {**decoding.as_dict(), "resumed": resumed, "max_new_tokens": max_new,
+                             "longest_training_target": longest}, "metrics": metrics}
 
     out = ctx.cached("evaluate", material, [ds, *inputs], build)
     m = out.summary["metrics"]

@@ -8,8 +8,11 @@ and writes ``DIR/report.md``:
   the paper), every seed of a cell aggregated (mean, bootstrap CI from the per-question predictions, seeds x n),
   the teacher's own zero-shot-CoT accuracy as a row, the paper's numbers beside ours; failed / unfinished
   cells shown as such and listed with their error;
-- lenient Acc and prefix Fmt beside the strict ones (labelled), and paired differences with CIs for the
-  paper's comparisons (SERT vs Finetune, SERT+RD vs RD) on the same seeds and questions;
+- the base model with no training (a ``stage=evaluate`` run without a checkpoint) as the row "Base (zero-shot)";
+- lenient Acc, prefix Fmt and option-likelihood Acc beside the strict ones (labelled), and paired differences
+  with CIs and the minimum detectable difference for the paper's comparisons (SERT vs Finetune, SERT+RD vs RD)
+  on the same seeds and questions;
+- per cell and per path generation step, the share of outputs cut at the new-token limit (flagged above 5%);
 - the filter funnel of every distinct filter step, and Figure 1 from the filter chain on the test split
   (share of questions with >= 1 path passing the whole chain, overall and per first-token rank);
 - judge tables (means per criterion, score-bin shares, Figure 1's bins per first-token rank) and, with
@@ -22,7 +25,8 @@ twice counts once (the newest ``run.json``), and the report says so.
 ``sert-report DIR --collect DEST`` first copies the small results of every run into DEST (``collect``), so a
 study's report regenerates from committed files alone, without checkpoints or the cache.
 
-Modules: ``runs`` (reading run.json and step files), ``stats`` (bootstrap CIs), ``tables`` (Table II, its
+Modules: ``runs`` (reading run.json and step files), ``stats`` (bootstrap CIs), ``power`` (minimum detectable
+difference), ``budgets`` (outputs at the limit), ``tables`` (Table II, its
 additions, failures, filter funnel), ``survival`` (Figure 1 from the filter chain), ``judge_tables``,
 ``figures`` (PNGs), ``collect``, ``build`` (the report), ``wandb_run`` (the report as a W&B run) and ``cli``
 (``sert-report``); ``names`` holds the paper's names, orders and numbers.

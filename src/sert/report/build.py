@@ -7,14 +7,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sert.report.budgets import LIMIT_FLAG, budget_table, generation_table
 from sert.report.figures import figures
 from sert.report.judge_tables import judge_by_rank, judge_groups, judge_tables
 from sert.report.names import MISSING, MdTable
 from sert.report.runs import Run, find_runs
 from sert.report.stats import Options
 from sert.report.survival import fig1_arms, fig1_tables
-from sert.report.tables import (cell_failures, funnel_table, lenient_table, paired_differences, seed_table, table2,
-                                unfinished_runs)
+from sert.report.tables import (cell_failures, cell_order, funnel_table, lenient_table, paired_differences,
+                                seed_table, seeded_cells, table2, unfinished_runs)
 
 
 @dataclass
@@ -56,6 +57,7 @@ def make_report(root: str | os.PathLike, out: str | os.PathLike | None = None, p
              f"Missing cells are shown as {MISSING}; nothing is filled in.", ""]
     lines += _table2_section(t2, notes, opts)
     lines += _additions(runs, opts, tables)
+    lines += _budgets(runs)
     lines += _failures(root, runs, tables, skipped)
     tables["funnel"] = funnel_table(runs)
     lines += ["## Filter funnel", "", tables["funnel"], ""]
@@ -101,10 +103,14 @@ def _additions(runs: list[Run], opts: Options, tables: dict) -> list[str]:
     lines = []
     lenient = tables["lenient"] = lenient_table(runs, opts)
     if lenient:
-        lines += ["### Strict and lenient accuracy, strict and prefix format (labelled additions)", "",
+        lines += ["### Strict, lenient and option-likelihood accuracy, strict and prefix format (labelled additions)", "",
                   "Acc (lenient): when the strict extraction finds no answer, the last answer candidate in the output "
                   "(reasoning-teacher's fallback). Fmt (prefix): the output starts with reasoning and its first "
                   "\"So the answer is\" sentence has a parsable answer, whatever follows (`sert.metrics`). "
+                  "Acc (option likelihood): no generation; each answer option (Yes/No, or (A)-(E) with its text) is "
+                  "scored by its log-likelihood after \"Question: q Answer:\" and the most likely one is the answer, as "
+                  "lm-evaluation-harness scores multiple choice (`sert.likelihood`): what the model knows when its "
+                  "output format hides it. "
                   f"Not the paper's metrics. Same {_ci(opts)} method.", "", lenient, ""]
     seeds = tables["seed_by_seed"] = seed_table(runs)
     if seeds:
@@ -119,8 +125,29 @@ def _additions(runs: list[Run], opts: Options, tables: dict) -> list[str]:
                   f"by seed and question (only seeds and questions present in both arms), {_ci(opts)} by the same "
                   "bootstrap over the per-question differences. An interval containing 0 is inside the noise. ΔFmt: the "
                   "same for the share of well-formed outputs (— when an arm, e.g. the label-only Finetune, has no "
-                  "Fmt). The last column is each seed's own Acc difference.", "",
+                  "Fmt). MDD: the minimum detectable difference of ΔAcc, the smallest true difference this design "
+                  "detects with 80% power in a two-sided 5% test, from the observed per-question discordance and "
+                  "seed spread (`sert.report.power`, docs/study-design.md); a CI inside ±MDD is not evidence of no "
+                  "effect larger than it. The last column is each seed's own Acc difference.", "",
                   *([diffs, ""] if diffs else []), *[f"- {n}" for n in dnotes], ""]
+    return lines
+
+
+def _budgets(runs: list[Run]) -> list[str]:
+    """Share of outputs cut at the new-token limit, per Table II cell and per path generation step."""
+    cells, paths = budget_table(seeded_cells(runs), cell_order), generation_table(runs)
+    if not cells and not paths:
+        return []
+    lines = ["### Decoding budgets: outputs cut at the limit", "",
+             "Share of outputs whose decoding stopped at the new-token budget (finish_reason `length`), over every "
+             f"seed of a cell; flagged above {100 * LIMIT_FLAG:g}% (raise `evaluate.max_new_tokens` or "
+             "`generation.max_new_tokens`). A cut output has no answer sentence, so a short budget biases Acc against "
+             "the methods that reason at length. Longest training target: the longest completion the evaluated "
+             "checkpoint was trained on (— for the base model or older runs).", ""]
+    if cells:
+        lines += [cells, ""]
+    if paths:
+        lines += ["Latent reasoning paths (generate step):", "", paths, ""]
     return lines
 
 

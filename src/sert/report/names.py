@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 MISSING = "—"
-METHODS = ["finetune", "sert", "sert_rd", "rd"]  # the paper's row order within a model
-METHOD_NAMES = {"finetune": "Finetune", "sert": "SERT", "sert_rd": "SERT+RD", "rd": "RD"}
+# the paper's row order within a model, after the base model with no training (issue 19's reference row)
+METHODS = ["base", "finetune", "sert", "sert_rd", "rd"]
+METHOD_NAMES = {"base": "Base (zero-shot)", "finetune": "Finetune", "sert": "SERT", "sert_rd": "SERT+RD", "rd": "RD"}
 MODELS = ["gpt2", "gpt2-medium", "gpt2-large"]
 MODEL_NAMES = {"gpt2": "GPT-2", "gpt2-medium": "GPT-2-medium", "gpt2-large": "GPT-2-large"}
 DATASETS = ["strategy_qa", "commonsense_qa"]  # the paper's column order

@@ -30,6 +30,15 @@ class Run:
     _predictions: list[dict] | None = field(default=None, repr=False, compare=False)  # read once
 
     @property
+    def method(self) -> str:
+        """Table II's method: the stage, or ``base`` for the base model evaluated with no training (zero-shot:
+        ``stage=evaluate`` without ``evaluate.checkpoint``, ``stage.evaluate_model=base``)."""
+        if (self.stage == "evaluate" and not self.cfg("evaluate.checkpoint")
+                and str(self.cfg("stage.evaluate_model", "base")) == "base"):
+            return "base"
+        return self.stage
+
+    @property
     def seed(self) -> Any:
         return self.cfg("seed")
 

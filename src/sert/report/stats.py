@@ -52,7 +52,8 @@ def bootstrap(matrix: Any, opts: Options, key: Any) -> Estimate:
 
 
 # per-question prediction field of each bootstrapped metric
-ROW_FIELDS = {"acc": "correct", "acc_lenient": "correct_lenient", "fmt": "format_ok", "fmt_prefix": "format_prefix"}
+ROW_FIELDS = {"acc": "correct", "acc_lenient": "correct_lenient", "fmt": "format_ok", "fmt_prefix": "format_prefix",
+              "acc_option": "correct_option"}  # acc_option: option-likelihood accuracy (sert.likelihood)
 
 
 def question_matrix(runs: dict[Any, Run], metric: str) -> tuple[list, list[str], Any] | None:

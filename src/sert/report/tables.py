@@ -9,9 +9,10 @@ from pathlib import Path
 from sert.artifacts import read_json
 from sert.report.names import (DATASETS, FILTER_ORDER, METHODS, METRICS, MISSING, MODELS, PAPER_TEACHER,
                                dataset_name, md_table, method_name, model_name, ordered, paper_cell, rank_in)
+from sert.report.power import mdd
 from sert.report.runs import Run, per_seed_runs
 from sert.report.stats import (ROW_FIELDS, Estimate, Options, bootstrap, estimate, fmt_by_seed, fmt_estimate,
-                               question_matrix, seed_means)
+                               question_matrix, scale, seed_means)
 
 COMPARISONS = [("sert", "finetune"), ("sert_rd", "rd")]  # the paper's claims: SERT vs Finetune, SERT+RD vs RD
 Cells = dict[tuple[str, str, str], dict[str, list[Run]]]
@@ -27,9 +28,9 @@ def table2_cells(runs: list[Run]) -> Cells:
     cells: Cells = defaultdict(lambda: {"ok": [], "other": []})
     for r in runs:
         if r.eval_metrics() is not None:
-            cells[(r.model, r.stage, r.dataset)]["ok"].append(r)
+            cells[(r.model, r.method, r.dataset)]["ok"].append(r)
         elif r.status != "ok" and _is_method_run(r):
-            cells[(r.model, r.stage, r.dataset)]["other"].append(r)
+            cells[(r.model, r.method, r.dataset)]["other"].append(r)
     return cells
 
 
@@ -147,11 +148,11 @@ def lenient_table(runs: list[Run], opts: Options) -> str | None:
     rows = []
     for key in sorted(cells, key=cell_order):
         model, method, ds = key
-        est = {k: estimate(cells[key], k, opts, (model, method, ds, k)) for k in ROW_FIELDS}  # acc, fmt, lenient, prefix
+        est = {k: estimate(cells[key], k, opts, (model, method, ds, k)) for k in ROW_FIELDS}
         rows.append([dataset_name(ds), model_name(model), method_name(method),
                      *[fmt_estimate(k, e) for k, e in est.items()]])
-    return md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)"],
-                    rows)
+    return md_table(["Dataset", "Model", "Method", "Acc (strict)", "Acc (lenient)", "Fmt (strict)", "Fmt (prefix)",
+                     "Acc (option likelihood)"], rows)
 
 
 def seed_table(runs: list[Run]) -> str | None:
@@ -173,21 +174,22 @@ def seed_table(runs: list[Run]) -> str | None:
 
 
 def _paired_cell(ra: dict, rb: dict, seeds: list, metric: str, key: tuple, opts: Options, label: str,
-                 notes: list[str]) -> tuple[str, int | None, dict]:
+                 notes: list[str]) -> tuple[str, int | None, dict, str]:
     """(formatted difference of ``metric`` between arms a and b, questions compared, each seed's mean
-    difference) on the common questions."""
+    difference, formatted minimum detectable difference (``sert.report.power``)) on the common questions."""
     ma = question_matrix({s: ra[s] for s in seeds}, metric)
     mb = question_matrix({s: rb[s] for s in seeds}, metric)
     common = sorted(set(ma[1]) & set(mb[1])) if ma and mb else []
     if not common:
-        return MISSING, None, {}
+        return MISSING, None, {}, MISSING
     qa, qb = {q: i for i, q in enumerate(ma[1])}, {q: i for i, q in enumerate(mb[1])}
     if len(common) < max(len(qa), len(qb)):
         notes.append(f"{label} ({metric}): {len(common)} questions in both arms "
                      f"(of {len(qa)} / {len(qb)}); only those are compared")
     diff = [[ma[2][i][qa[q]] - mb[2][i][qb[q]] for q in common] for i in range(len(seeds))]
     by_seed = {s: sum(d) / len(d) for s, d in zip(ma[0], diff)}
-    return fmt_estimate(metric, bootstrap(diff, opts, (*key, metric))), len(common), by_seed
+    return (fmt_estimate(metric, bootstrap(diff, opts, (*key, metric))), len(common), by_seed,
+            f"{scale(metric) * mdd(diff):.2f}")
 
 
 def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list[str]]:
@@ -207,17 +209,18 @@ def paired_differences(runs: list[Run], opts: Options) -> tuple[str | None, list
                 notes.append(f"{label}: no seed run in both arms, no paired difference")
                 continue
             found = {m: _paired_cell(ra, rb, seeds, m, (model, ds, a, b), opts, label, notes)
-                     for m in ("acc", "acc_lenient", "fmt")}  # (text, questions compared, per-seed difference)
-            sizes = [size for _, size, _ in found.values() if size is not None]
+                     for m in ("acc", "acc_lenient", "fmt", "acc_option")}  # (text, questions, per-seed diff, MDD)
+            sizes = [size for _, size, _, _ in found.values() if size is not None]
             if not sizes:
                 notes.append(f"{label}: no per-question predictions in both arms, no paired difference")
                 continue
-            rows.append([dataset_name(ds), model_name(model), what, *[text for text, _, _ in found.values()],
+            rows.append([dataset_name(ds), model_name(model), what, found["acc"][0], found["acc"][3],
+                         *[text for text, _, _, _ in list(found.values())[1:]],
                          f"{len(seeds)}×{sizes[0]}", fmt_by_seed("acc", found["acc"][2], signed=True)])
     if not rows:
         return None, notes
-    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt", "seeds×n",
-              "ΔAcc by seed (pp)"]
+    header = ["Dataset", "Model", "Comparison", "ΔAcc (pp)", "MDD ΔAcc (pp)", "ΔAcc lenient (pp)", "ΔFmt",
+              "ΔAcc option likelihood (pp)", "seeds×n", "ΔAcc by seed (pp)"]
     return md_table(header, rows), notes
 
 

@@ -111,6 +111,7 @@ class BaseTrainer:
         # plain strings for the enums; 0 / null max_grad_norm: no clipping
         self.config = replace(cfg, precision=precision, loss_on=loss_on, max_grad_norm=float(cfg.max_grad_norm or 0.0))
         self.callbacks: list[Any] = []  # extra transformers callbacks (HFTrainer), e.g. tests that crash a run
+        self.selector: Any = None  # sert.training.select.EpochSelector under trainer.select=val_acc (the step sets it)
         self.resolved_precision = precision
 
     @property

@@ -25,6 +25,11 @@ class Precision(str, Enum):
     fp16 = "fp16"  # CUDA only
 
 
+class Select(str, Enum):
+    last = "last"  # the final epoch's weights (the paper's recipe, III-A)
+    val_acc = "val_acc"  # the epoch with the best strict Acc on a held-out slice of the training split (issue 19)
+
+
 class LossOn(str, Enum):
     answer = "answer"  # loss on the completion only (labels -100 over the prompt tokens)
     all = "all"  # loss on every token, prompt included
@@ -73,6 +78,14 @@ class TrainerConfig:
     # false: weights only (1x), a resume restarts the optimizer moments (inexact)
     checkpoint_optimizer: bool = True
     logging_steps: int = 10
+    # Which epoch's weights become model/ (sert.training.select). last: the final one (paper III-A trains 20 epochs
+    # and names no selection). val_acc (issue 19): after each epoch, greedy decoding + strict Acc, exactly as the
+    # evaluate step (its prompt format, evaluate.max_new_tokens / label_only_max_new_tokens, evaluate.batch_size),
+    # on a held-out slice of the TRAINING split (never the test split; left out of training); the best epoch is
+    # saved and evaluated on test. Needs save_strategy=epoch (an epoch is validated after its checkpoint: resumable).
+    select: Select = Select.last
+    val_fraction: float = 0.1  # select=val_acc: share of the training-split questions held out (>= 1 question)
+    val_seed: int = 0  # select=val_acc: fixes the slice, the same questions for every method and run seed
     report_to: str = "none"  # transformers integrations (the YAML: ${logger.report_to}); ignored by the loop
 
 
@@ -80,6 +93,9 @@ class TrainerConfig:
 # out of cache keys. (checkpoint_optimizer=false only makes a *resumed* run inexact.)
 NON_RESULT_KNOBS = ("logging_steps", "report_to", "save_strategy", "save_steps", "save_total_limit",
                     "keep_checkpoints", "eval_strategy", "eval_steps", "checkpoint_optimizer")
+# Knobs of trainer.select=val_acc: left out of cache keys under select=last (entries trained before they existed
+# keep their keys; sert.training.steps.trainer_material)
+SELECT_KNOBS = ("select", "val_fraction", "val_seed")
 
 
 def register(cs: ConfigStore | None = None) -> None:

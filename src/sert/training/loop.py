@@ -55,6 +55,8 @@ class LoopTrainer(BaseTrainer):
         torch.manual_seed(seed)  # dropout; a resumed run restores the generator state it saved
         totals, history, resumed = self._resume(ckpt_dir, model, opt, sched, scaler, device)
         step, session_start = totals.steps, time.perf_counter() - totals.seconds
+        if self.selector is not None:  # trainer.select: validate the resumed checkpoint if it never was
+            session_start += self._timed(self.selector.resume, model, tokenizer, step, step / steps_per_epoch)
         first_step = None  # this session's first step: oneDNN set-up, and the compile under trainer.compile
         model.train()
         bar = tqdm(total=total, initial=step, desc="train", unit="step")
@@ -94,6 +96,8 @@ class LoopTrainer(BaseTrainer):
             end_of_epoch = step % steps_per_epoch == 0 or step == total
             if (c.save_strategy == "steps" and step % c.save_steps == 0) or (c.save_strategy == "epoch" and end_of_epoch):
                 self._save(ckpt_dir, totals, history, model, opt, sched, scaler)
+            if self.selector is not None and end_of_epoch:  # after the epoch's checkpoint (sert.training.select)
+                session_start += self._timed(self.selector.validate, model, tokenizer, step, step / steps_per_epoch)
             if held is not None and ((c.eval_strategy == "epoch" and end_of_epoch)
                                      or (c.eval_strategy == "steps" and step % c.eval_steps == 0)):
                 log.info("step %d eval_loss %.4f", step, self.eval_loss(model, held, PadCollator(collate.pad_id), device))
@@ -101,6 +105,13 @@ class LoopTrainer(BaseTrainer):
         write_json(ckpt_dir.parent / "log_history.json", history)
         return {**totals.summary(steps_per_epoch), "resumed_from": resumed,
                 "first_step_seconds": round(first_step, 3) if first_step is not None else None}
+
+    @staticmethod
+    def _timed(fn, *args) -> float:
+        """Run ``fn(*args)``; its seconds (validation: not training time, left out of the throughput)."""
+        start = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - start
 
     @torch.no_grad()
     def eval_loss(self, model, held: Tokenized, collate: PadCollator, device) -> float:

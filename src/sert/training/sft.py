@@ -75,6 +75,10 @@ class HFTrainer(BaseTrainer):
                                   train_dataset=train.rows, eval_dataset=held.rows if held else None,
                                   processing_class=tokenizer, callbacks=list(self.callbacks))
         trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
+        if self.selector is not None:  # trainer.select: validation after each epoch's checkpoint
+            from sert.training.select import hf_callback
+
+            trainer.add_callback(hf_callback(self.selector, tokenizer, trainer))
         trainer.sert_loss = self.loss
         trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
         last = self.last_complete(ckpt_dir)

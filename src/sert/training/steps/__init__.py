@@ -33,8 +33,9 @@ from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
 from sert.pipeline import Context, Dataset, StepOutput
 from sert.training.base import BaseTrainer, enum_value, resolve_precision
-from sert.training.config import NON_RESULT_KNOBS
+from sert.training.config import NON_RESULT_KNOBS, SELECT_KNOBS, Select
 from sert.training.data import Example
+from sert.training.select import EpochSelector, accuracy_scorer, validation_slice
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,25 @@ def trainer_material(ctx: Context) -> dict:
     material["_target_"] = KEYED_TARGETS.get(material["_target_"], material["_target_"])
     material["precision"] = resolve_precision(material["precision"], resolve_device(ctx.cfg.device))
     material["max_grad_norm"] = float(material["max_grad_norm"] or 0.0)
+    if material["select"] == Select.last.value:
+        for knob in SELECT_KNOBS:
+            del material[knob]
     return material
+
+
+def validation_records(ctx: Context) -> list[Record]:
+    """The held-out validation slice of the training split under ``trainer.select=val_acc`` (else none)."""
+    t = ctx.cfg.trainer
+    if Select(t.select) is Select.last:
+        return []
+    if str(t.save_strategy) != "epoch":
+        raise ValueError(f"trainer.select={Select(t.select).value} validates after each epoch's checkpoint: it needs "
+                         f"trainer.save_strategy=epoch, got {t.save_strategy}")
+    ds = ctx.dataset()
+    if ds.split == ctx.cfg.evaluate.split:
+        raise ValueError(f"trainer.select: the validation slice comes from the training split, which here is the "
+                         f"evaluate split ({ds.split!r}): it would select on test")
+    return validation_slice(ds.records, t.val_fraction, t.val_seed)
 
 
 def records_from_rows(rows: list[dict], source: Path) -> list[tuple[Record, dict]]:
@@ -103,6 +122,12 @@ def save_final_model(model, tok, out: Path, info: dict) -> Path:
     return out
 
 
+def longest_target(tok, examples: list[Example]) -> int:
+    """Tokens of the longest completion (the text the model learns to write after the prompt), EOS included:
+    the evaluate step's new-token budget should not be below it (``sert.evaluate.budget_check``)."""
+    return max(len(tok(e.completion, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+
+
 def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData]) -> StepOutput:
     """Train the base model (or ``data.init``'s checkpoint) on ``source(ctx)`` through the stage cache."""
     data = source(ctx)
@@ -110,16 +135,31 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
     if not examples:
         raise ValueError(f"{step}: no training examples")
     p = ctx.prompts
+    val = validation_records(ctx)
+    if val:  # the validation questions are not trained on (matched by their prompt in this format)
+        held = {p.training_pair(fmt, rec, "")[0] for rec in val}
+        examples = [e for e in examples if e.prompt not in held]
+        if not examples:
+            raise ValueError(f"{step}: no training examples left after holding out {len(val)} validation questions")
     material = {
         "trainer": trainer_material(ctx), "format": fmt, "seed": ctx.cfg.seed,
         "template": {"text": getattr(p, fmt), "answer_choice": p.answer_choice, "answer_binary": p.answer_binary},
         "init": ctx.model_identity() if init is None else {"step": init.step},
     }
     info = {"step": step, "format": fmt, "init": init.step if init else "base"}
+    ecfg = ctx.cfg.evaluate
+    max_new = ecfg.label_only_max_new_tokens if fmt == "label_only" else ecfg.max_new_tokens
+    if val:  # what the selection depends on: the slice and how it is scored (the evaluate step's decoding)
+        material["select"] = {"val_qids": [r.qid for r in val], "max_new_tokens": max_new,
+                              "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep}}
 
     def build(d: Path) -> dict:
         write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
         trainer = make_trainer(ctx)
+        if val:
+            trainer.selector = EpochSelector(d, accuracy_scorer(p, fmt, val, max_new_tokens=max_new,
+                                                                batch_size=ecfg.batch_size, rep_n=ecfg.fmt_rep_n,
+                                                                max_rep=ecfg.fmt_max_rep), questions=len(val))
         if (d / "model" / INFO).exists() and (d / SUMMARY).exists():
             log.info("[%s] model/ was saved by an earlier, interrupted run of this entry: not training again", step)
             summary = read_json(d / SUMMARY)
@@ -130,11 +170,20 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
                 model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device,
                                         attention=ctx.cfg.model.attention)
             summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
+            if trainer.selector is not None:  # model/ gets the epoch best on validation
+                summary["select"] = trainer.selector.finish(model, tok, summary["steps"], summary["epochs"])
+                summary["select"]["val_qids"] = [r.qid for r in val]
+            summary["longest_target_tokens"] = longest_target(tok, examples)
             write_json(d / SUMMARY, summary)
-            save_final_model(model, tok, d / "model", info)
+            save_final_model(model, tok, d / "model", {**info, "longest_target_tokens": summary["longest_target_tokens"]})
             faults.reached("train.model_saved")
         trainer.drop_checkpoints(d)  # only now: the final model is on disk
+        if not trainer.config.keep_checkpoints:
+            shutil.rmtree(d / "select" / "best", ignore_errors=True)  # a copy of model/ by now
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
+        if "select" in summary:
+            sel = summary["select"]
+            metrics.update({f"{step}/val_acc": sel["best_val_acc"], f"{step}/selected_epoch": sel["best_epoch"]})
         return {**summary, "format": fmt, "init": info["init"], "metrics": metrics}
 
     out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build)
