@@ -53,6 +53,11 @@ def register_resolvers() -> None:
     # ${sert.dirname:${hydra.job.override_dirname}} -> a job dir name that stays under the 255-byte limit
     if not OmegaConf.has_resolver("sert.dirname"):
         OmegaConf.register_new_resolver("sert.dirname", short_dirname)
+    # ${sert.rank_suffix:} -> "" on rank 0 (or one process), "-rank<N>" on rank N of a distributed run: the other
+    # ranks' Hydra dirs (their logs) sit beside rank 0's run dir
+    if not OmegaConf.has_resolver("sert.rank_suffix"):
+        OmegaConf.register_new_resolver("sert.rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"
+                                        else f"-rank{os.environ['RANK']}")
     # ${sert.abspath:outputs} -> absolute path (cache paths must not depend on a job's cwd)
     if not OmegaConf.has_resolver("sert.abspath"):
         OmegaConf.register_new_resolver("sert.abspath", lambda p: str(Path(p).expanduser().resolve()))
@@ -108,8 +113,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     then ``ok``, or ``failed`` with the error and the step that raised it."""
     from transformers import set_seed
 
+    from sert import distributed
+    from sert.models import resolve_device
     from sert.pipeline import Context
 
+    distributed.setup(resolve_device(cfg.device))  # a run of several processes: join its group
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, run_dir)
@@ -119,7 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         check_config(cfg)
         log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
         pipeline = instantiate(cfg.stage, _convert_="all")
-        logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else None
+        logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") and distributed.is_main() else None
         if logger is not None:
             logger.start(ctx)
             ctx.manifest.listeners.append(logger.log_step)

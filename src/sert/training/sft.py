@@ -1,7 +1,8 @@
 """``trainer=sft`` (default): supervised fine-tuning with transformers' ``Trainer``.
 
 Dynamic padding (``PadCollator``) + length-grouped batches, checkpoints in ``out_dir/checkpoints`` resumed
-on rerun, multi-GPU through ``accelerate launch -m sert ...`` / ``torchrun -m sert ...`` with no code change.
+on rerun, several processes (GPUs) through ``torchrun -m sert ...`` / ``accelerate launch -m sert ...``
+(``sert.distributed``; ``batch_size`` is the global batch).
 The ``Trainer`` subclass that keeps sert's running totals lives in ``sert.training._counting`` (imported
 when training starts, so composing a config does not import transformers' Trainer).
 """
@@ -12,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from sert import distributed
 from sert.artifacts import read_json, write_json
 from sert.training.base import TOTALS, BaseTrainer, Totals, load_problem, pad_id
 from sert.training.data import PadCollator, Tokenized
@@ -25,12 +27,21 @@ def optimizer_name(name: str, fused: bool) -> str:
 
 
 class HFTrainer(BaseTrainer):
-    """transformers' Trainer with a padding-only collator and length-grouped sampling."""
+    """transformers' Trainer with a padding-only collator and length-grouped sampling.
+
+    Several processes (torchrun, ``accelerate launch``, srun): DDP, and ``batch_size`` stays the *global*
+    batch. Every rank draws the same batches (same sampler, same seed) and takes its contiguous share
+    (accelerate's ``split_batches``); transformers divides the loss by the target tokens of the whole
+    batch across ranks (``average_tokens_across_devices``). So the batches, their loss and the updates are
+    those of one process, up to float summation order."""
+
+    distributed = True
 
     def training_arguments(self, ckpt_dir: Path, seed: int, use_cpu: bool, has_eval: bool):
         from transformers import TrainingArguments
 
         c = self.config
+        distributed.check_batch(c.batch_size)
         precision = self.resolved_precision if self.resolved_precision in ("fp32", "bf16", "fp16") else "fp32"
         return TrainingArguments(
             output_dir=str(ckpt_dir),
@@ -47,6 +58,8 @@ class HFTrainer(BaseTrainer):
             logging_steps=c.logging_steps, report_to=c.report_to,
             include_num_input_tokens_seen="non_padding",
             seed=seed, data_seed=seed, dataloader_num_workers=0, remove_unused_columns=False,
+            average_tokens_across_devices=True,
+            accelerator_config={"split_batches": True} if distributed.active() else None,
         )
 
     def problem(self, ckpt: Path) -> str | None:
@@ -77,15 +90,16 @@ class HFTrainer(BaseTrainer):
         trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
         trainer.sert_loss = self.loss
         trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
-        last = self.last_complete(ckpt_dir)
+        last = distributed.broadcast(self.last_complete(ckpt_dir) if distributed.is_main() else None)
         if last:
             trainer.prior = Totals.load(last)
             log.info("resuming training from %s (step %d)", last, trainer.prior.steps)
         trainer.session_start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         state = trainer.state
-        write_json(ckpt_dir.parent / "log_history.json", state.log_history)
         totals = trainer.totals()
+        if distributed.is_main():
+            write_json(ckpt_dir.parent / "log_history.json", state.log_history)
         steps_per_epoch = state.global_step / state.epoch if state.epoch else 1
         return {**totals.summary(steps_per_epoch), "epochs": round(state.epoch or 0, 3),
                 "resumed_from": last.name if last else None, "tokens_total": state.num_input_tokens_seen}

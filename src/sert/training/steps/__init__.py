@@ -27,7 +27,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sert import faults
+from sert import distributed, faults
 from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
@@ -118,9 +118,15 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
     info = {"step": step, "format": fmt, "init": init.step if init else "base"}
 
     def build(d: Path) -> dict:
-        write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
+        # every rank of a distributed run trains (sert.distributed); only rank 0 writes files
+        main = distributed.is_main()
         trainer = make_trainer(ctx)
-        if (d / "model" / INFO).exists() and (d / SUMMARY).exists():
+        if distributed.active() and not trainer.distributed:
+            raise ValueError(f"trainer={trainer.name} trains in one process; under torchrun/accelerate "
+                             f"use trainer=sft (transformers' Trainer, DDP)")
+        if main:
+            write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
+        if distributed.broadcast((d / "model" / INFO).exists() and (d / SUMMARY).exists()):
             log.info("[%s] model/ was saved by an earlier, interrupted run of this entry: not training again", step)
             summary = read_json(d / SUMMARY)
         else:
@@ -130,14 +136,16 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
                 model, tok = load_model(str(init.dir / "model"), device=ctx.cfg.device,
                                         attention=ctx.cfg.model.attention)
             summary = trainer.train(model, tok, examples, d, seed=ctx.cfg.seed)
-            write_json(d / SUMMARY, summary)
-            save_final_model(model, tok, d / "model", info)
-            faults.reached("train.model_saved")
-        trainer.drop_checkpoints(d)  # only now: the final model is on disk
+            if main:
+                write_json(d / SUMMARY, summary)
+                save_final_model(model, tok, d / "model", info)
+                faults.reached("train.model_saved")
+        if main:
+            trainer.drop_checkpoints(d)  # only now: the final model is on disk
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
         return {**summary, "format": fmt, "init": info["init"], "metrics": metrics}
 
-    out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build)
+    out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build, all_ranks=True)
     s = out.summary
     print(f"{step}: {s.get('examples')} examples, {s.get('steps')} steps, loss {s.get('train_loss')}, "
           f"{s.get('tokens_per_s')} tok/s -> {out.path('model')}")
