@@ -90,6 +90,10 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer (the first N records) or null (all), got {value!r}")
+    for key in ("trainer.batch_size", "evaluate.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value}")
     check_filters(cfg.filter)
 
 

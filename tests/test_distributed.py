@@ -1,0 +1,132 @@
+"""Several processes, one run: torchrun with 2 processes on gloo (CPU) through the real CLI, tiny model.
+
+Two processes must give one process's results (same global batches, token-weighted loss across ranks), with
+one complete cache entry per step and one run.json, written by rank 0; a SIGKILL of rank 1 mid-training
+resumes like a single-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CSQA_ROWS, ONE_THREAD, ROOT, run_cli, run_dirs
+
+from sert.artifacts import COMPLETE, read_json
+
+# a random tiny model without dropout: dropout draws per process, so with it results are equal in law only
+NO_DROPOUT = ["+model.random_init.resid_pdrop=0", "+model.random_init.embd_pdrop=0", "+model.random_init.attn_pdrop=0"]
+
+
+def run_torchrun(*overrides: str, out: Path, nproc: int = 2, check: bool = True, env: dict | None = None,
+                 timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=N -m sert ...`` with outputs and cache under ``out``."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SERT_OUTPUT_DIR": str(out),
+                "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", **ONE_THREAD, **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sert", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun sert {' '.join(overrides)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture
+def csqa_24(tmp_path: Path) -> list[str]:
+    """24 training questions of different lengths (3 global batches of 8) and 2 test questions."""
+    rows = [{"question": r["question"].replace("?", "?" + " Think." * (i % 5), 1), "answer": r["answer"]}
+            for i in range(7) for r in CSQA_ROWS][:26]
+    data, split = tmp_path / "csqa.json", tmp_path / "csqa.split.json"
+    data.write_text(json.dumps(rows))
+    split.write_text(json.dumps({"train": list(range(24)), "test": [24, 25]}))
+    return [f"dataset.path={data}", f"dataset.split_file={split}"]
+
+
+def finetune_args(data: list[str], *extra: str) -> list[str]:
+    return ["stage=finetune", "model=tiny", *NO_DROPOUT, *data, "logger=none", "trainer.precision=fp32",
+            "trainer.batch_size=8", "trainer.epochs=2", "trainer.logging_steps=1",
+            "evaluate.max_new_tokens=4", "evaluate.label_only_max_new_tokens=4", *extra]
+
+
+def steps_of(run_dir: Path) -> dict[str, dict]:
+    return {s["step"]: s for s in read_json(run_dir / "run.json")["steps"]}
+
+
+def losses(step: dict) -> list[float]:
+    return [r["loss"] for r in read_json(Path(step["dir"]) / "log_history.json") if "loss" in r]
+
+
+def assert_close(a: list[float], b: list[float], rel: float = 1e-3) -> None:
+    assert len(a) == len(b) and a, (a, b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert abs(x - y) <= rel * abs(y), f"step {i + 1}: {x} vs {y}"
+
+
+def test_two_processes_train_like_one(tmp_path: Path, csqa_24):
+    """2 processes x 4 rows = 1 process x 8 rows: the loss at every step within 1e-3 (relative), the same
+    cache keys and eval metrics; the 2-process run leaves one complete entry per step and one run.json."""
+    args = finetune_args(csqa_24)
+    run_cli(*args, out=tmp_path / "one")
+    run_torchrun(*args, out=tmp_path / "two")
+    (one,), runs_two = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "two")
+    assert len(runs_two) == 1, runs_two  # rank 1 writes no run.json
+    (two,) = runs_two
+    rank1 = [d for d in (two.parent).iterdir() if d.name.endswith("-rank1")]
+    assert len(rank1) == 1 and (rank1[0] / ".hydra").is_dir()  # rank 1's Hydra dir (its log), beside rank 0's
+    rec = read_json(two / "run.json")
+    assert rec["status"] == "ok" and rec["processes"] == 2
+    s1, s2 = steps_of(one), steps_of(two)
+    assert [s["key"] for s in s1.values()] == [s["key"] for s in s2.values()]  # the key ignores the process count
+    assert_close(losses(s2["finetune"]), losses(s1["finetune"]))
+    assert len(losses(s1["finetune"])) == 6  # 3 global batches x 2 epochs
+    assert s2["finetune"]["summary"]["tokens"] == s1["finetune"]["summary"]["tokens"]  # summed over ranks
+    assert s2["finetune"]["summary"]["train_loss"] == pytest.approx(s1["finetune"]["summary"]["train_loss"], rel=1e-3)
+    assert s2["evaluate"]["summary"]["metrics"] == s1["evaluate"]["summary"]["metrics"]
+    for step in ("finetune", "evaluate"):
+        entries = [e for e in (tmp_path / "two/cache" / step).iterdir() if e.is_dir()]
+        assert len(entries) == 1 and (entries[0] / COMPLETE).exists(), entries
+        assert not [p for p in entries[0].iterdir() if p.name.startswith(".")], list(entries[0].iterdir())
+    assert not (Path(s2["finetune"]["dir"]) / "checkpoints").exists()
+
+
+def test_loop_trainer_refuses_several_processes(tmp_path: Path, csqa_24):
+    proc = run_torchrun(*finetune_args(csqa_24, "trainer=loop"), out=tmp_path / "out", check=False,
+                        env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode != 0
+    assert "trainer=loop trains in one process; under torchrun/accelerate use trainer=sft" in proc.stderr
+
+
+def test_batch_size_is_the_global_batch_and_must_split_across_processes(monkeypatch):
+    from sert import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.check_batch(8)
+    with pytest.raises(ValueError, match=r"trainer.batch_size=3 \(the global batch\) does not split evenly across 2"):
+        distributed.check_batch(3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.check_batch(3)
+
+
+@pytest.mark.slow
+def test_sigkill_of_rank_1_mid_training_resumes_to_the_same_result(tmp_path: Path, csqa_24):
+    """Rank 1 is killed while the second checkpoint is written (torchrun then stops rank 0); the rerun resumes
+    from the first checkpoint and ends with the uninterrupted single-process run's losses and metrics."""
+    args = finetune_args(csqa_24, "trainer.save_strategy=steps", "trainer.save_steps=2")
+    run_cli(*args, out=tmp_path / "one")
+    out = tmp_path / "two"
+    killed = run_torchrun(*args, out=out, check=False,
+                          env={"SERT_KILL_AT": "train.checkpoint_writing:2", "SERT_KILL_RANK": "1"})
+    assert killed.returncode != 0
+    (entry,) = [e for e in (out / "cache/finetune").iterdir() if e.is_dir()]
+    assert not (entry / COMPLETE).exists() and [p.name for p in (entry / "checkpoints").iterdir()
+                                                if not p.name.startswith(".")] == ["checkpoint-2"]
+    run_torchrun(*args, out=out)
+    s1, s2 = steps_of(run_dirs(tmp_path / "one")[0]), steps_of(run_dirs(out)[-1])
+    assert s2["finetune"]["summary"]["resumed_from"] == "checkpoint-2"
+    assert_close(losses(s2["finetune"]), losses(s1["finetune"]))
+    assert s2["finetune"]["summary"]["train_loss"] == pytest.approx(s1["finetune"]["summary"]["train_loss"], rel=1e-3)
+    assert s2["evaluate"]["summary"]["metrics"] == s1["evaluate"]["summary"]["metrics"]
