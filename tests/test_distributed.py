@@ -130,3 +130,27 @@ def test_sigkill_of_rank_1_mid_training_resumes_to_the_same_result(tmp_path: Pat
     assert_close(losses(s2["finetune"]), losses(s1["finetune"]))
     assert s2["finetune"]["summary"]["train_loss"] == pytest.approx(s1["finetune"]["summary"]["train_loss"], rel=1e-3)
     assert s2["evaluate"]["summary"]["metrics"] == s1["evaluate"]["summary"]["metrics"]
+
+
+@pytest.mark.slow
+def test_sert_stage_on_two_processes_equals_one(tmp_path: Path, csqa_24):
+    """stage=sert: generation, filter and evaluation run on rank 0 alone, self-training on both ranks; the
+    artifacts and metrics are those of one process."""
+    args = ["stage=sert", "model=tiny", *NO_DROPOUT, *csqa_24, "logger=none", "dataset.limit=8",
+            "generation.max_new_tokens=16", "generation.batch_size=4", "filter.length.min_tokens=1",
+            "filter.perplexity.min_ppl=0", "filter.rep2.max_rate=1.0", "trainer.precision=fp32",
+            "trainer.batch_size=4", "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_strategy=no",
+            "evaluate.max_new_tokens=8"]
+    run_cli(*args, out=tmp_path / "one")
+    run_torchrun(*args, out=tmp_path / "two")
+    (one,), (two,) = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "two")
+    s1, s2 = steps_of(one), steps_of(two)
+    assert list(s2) == ["generate", "filter", "self_train", "evaluate"]
+    assert {k: s["key"] for k, s in s1.items()} == {k: s["key"] for k, s in s2.items()}
+    for step, name in (("generate", "candidates.jsonl"), ("filter", "selected.jsonl")):
+        assert (Path(s2[step]["dir"]) / name).read_text() == (Path(s1[step]["dir"]) / name).read_text()
+    assert_close(losses(s2["self_train"]), losses(s1["self_train"]))
+    assert s2["evaluate"]["summary"]["metrics"] == s1["evaluate"]["summary"]["metrics"]
+    for step in s2:
+        entries = [e for e in (tmp_path / "two/cache" / step).iterdir() if e.is_dir()]
+        assert len(entries) == 1 and (entries[0] / COMPLETE).exists(), (step, entries)
