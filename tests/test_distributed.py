@@ -36,13 +36,14 @@ def run_torchrun(*overrides: str, out: Path, nproc: int = 2, check: bool = True,
 
 
 @pytest.fixture
-def csqa_24(tmp_path: Path) -> list[str]:
-    """24 training questions of different lengths (3 global batches of 8) and 2 test questions."""
+def csqa_25(tmp_path: Path) -> list[str]:
+    """25 training questions of different lengths and 2 test questions: global batches of 8, 8, 8 and 1
+    (the last one leaves a process without a row)."""
     rows = [{"question": r["question"].replace("?", "?" + " Think." * (i % 5), 1), "answer": r["answer"]}
-            for i in range(7) for r in CSQA_ROWS][:26]
+            for i in range(7) for r in CSQA_ROWS][:27]
     data, split = tmp_path / "csqa.json", tmp_path / "csqa.split.json"
     data.write_text(json.dumps(rows))
-    split.write_text(json.dumps({"train": list(range(24)), "test": [24, 25]}))
+    split.write_text(json.dumps({"train": list(range(25)), "test": [25, 26]}))
     return [f"dataset.path={data}", f"dataset.split_file={split}"]
 
 
@@ -66,10 +67,10 @@ def assert_close(a: list[float], b: list[float], rel: float = 1e-3) -> None:
         assert abs(x - y) <= rel * abs(y), f"step {i + 1}: {x} vs {y}"
 
 
-def test_two_processes_train_like_one(tmp_path: Path, csqa_24):
+def test_two_processes_train_like_one(tmp_path: Path, csqa_25):
     """2 processes x 4 rows = 1 process x 8 rows: the loss at every step within 1e-3 (relative), the same
     cache keys and eval metrics; the 2-process run leaves one complete entry per step and one run.json."""
-    args = finetune_args(csqa_24)
+    args = finetune_args(csqa_25)
     run_cli(*args, out=tmp_path / "one")
     run_torchrun(*args, out=tmp_path / "two")
     (one,), runs_two = run_dirs(tmp_path / "one"), run_dirs(tmp_path / "two")
@@ -82,7 +83,7 @@ def test_two_processes_train_like_one(tmp_path: Path, csqa_24):
     s1, s2 = steps_of(one), steps_of(two)
     assert [s["key"] for s in s1.values()] == [s["key"] for s in s2.values()]  # the key ignores the process count
     assert_close(losses(s2["finetune"]), losses(s1["finetune"]))
-    assert len(losses(s1["finetune"])) == 6  # 3 global batches x 2 epochs
+    assert len(losses(s1["finetune"])) == 8  # 4 global batches x 2 epochs
     assert s2["finetune"]["summary"]["tokens"] == s1["finetune"]["summary"]["tokens"]  # summed over ranks
     assert s2["finetune"]["summary"]["train_loss"] == pytest.approx(s1["finetune"]["summary"]["train_loss"], rel=1e-3)
     assert s2["evaluate"]["summary"]["metrics"] == s1["evaluate"]["summary"]["metrics"]
@@ -93,11 +94,42 @@ def test_two_processes_train_like_one(tmp_path: Path, csqa_24):
     assert not (Path(s2["finetune"]["dir"]) / "checkpoints").exists()
 
 
-def test_loop_trainer_refuses_several_processes(tmp_path: Path, csqa_24):
-    proc = run_torchrun(*finetune_args(csqa_24, "trainer=loop"), out=tmp_path / "out", check=False,
+def test_loop_trainer_refuses_several_processes(tmp_path: Path, csqa_25):
+    proc = run_torchrun(*finetune_args(csqa_25, "trainer=loop"), out=tmp_path / "out", check=False,
                         env={"HYDRA_FULL_ERROR": "0"})
     assert proc.returncode != 0
     assert "trainer=loop trains in one process; under torchrun/accelerate use trainer=sft" in proc.stderr
+
+
+def test_every_process_count_draws_the_same_global_batches():
+    from sert.training.data import IGNORE, MaskableRows, RankBatches
+
+    lengths = [3, 9, 4, 7, 1, 8, 2, 6, 5, 10, 11]  # batches of 4, 4 and 3 rows
+    for epoch in (0, 1):
+        def shares(world: int) -> list[list[list[int]]]:
+            out = []
+            for rank in range(world):
+                sampler = RankBatches(lengths, 4, seed=7, rank=rank, world=world)
+                sampler.set_epoch(epoch)
+                out.append(list(sampler))
+            return out
+
+        (one,) = shares(1)
+        assert sorted(i for b in one for i in b) == list(range(11)) and len(one) == len(RankBatches(lengths, 4, 7))
+        for world in (2, 4):
+            per_rank = shares(world)
+            assert [sum((r[k] for r in per_rank), []) for k in range(len(one)) if len(one[k]) >= world] == \
+                   [b for b in one if len(b) >= world]  # each global batch = the ranks' shares, in order
+        four = shares(4)
+        short = next(k for k, b in enumerate(one) if len(b) == 3)
+        assert [r[short] for r in four] == [[-1 - one[short][0]], *([i] for i in one[short])]  # rank 0: a stand-in
+    epochs = RankBatches(lengths, 4, 7, group=False)
+    first = list(epochs)
+    epochs.set_epoch(1)
+    assert list(epochs) != first and sorted(sum(list(epochs), [])) == sorted(sum(first, []))  # reshuffled per epoch
+    rows = MaskableRows([{"input_ids": [5, 6], "attention_mask": [1, 1], "labels": [-100, 6]}])
+    assert rows[0]["labels"] == [-100, 6] and rows[-1]["labels"] == [IGNORE, IGNORE]
+    assert rows[-1]["input_ids"] == [5, 6]
 
 
 def test_batch_size_is_the_global_batch_and_must_split_across_processes(monkeypatch):
@@ -112,10 +144,10 @@ def test_batch_size_is_the_global_batch_and_must_split_across_processes(monkeypa
 
 
 @pytest.mark.slow
-def test_sigkill_of_rank_1_mid_training_resumes_to_the_same_result(tmp_path: Path, csqa_24):
+def test_sigkill_of_rank_1_mid_training_resumes_to_the_same_result(tmp_path: Path, csqa_25):
     """Rank 1 is killed while the second checkpoint is written (torchrun then stops rank 0); the rerun resumes
     from the first checkpoint and ends with the uninterrupted single-process run's losses and metrics."""
-    args = finetune_args(csqa_24, "trainer.save_strategy=steps", "trainer.save_steps=2")
+    args = finetune_args(csqa_25, "trainer.save_strategy=steps", "trainer.save_steps=2")
     run_cli(*args, out=tmp_path / "one")
     out = tmp_path / "two"
     killed = run_torchrun(*args, out=out, check=False,
@@ -133,10 +165,10 @@ def test_sigkill_of_rank_1_mid_training_resumes_to_the_same_result(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_sert_stage_on_two_processes_equals_one(tmp_path: Path, csqa_24):
+def test_sert_stage_on_two_processes_equals_one(tmp_path: Path, csqa_25):
     """stage=sert: generation, filter and evaluation run on rank 0 alone, self-training on both ranks; the
     artifacts and metrics are those of one process."""
-    args = ["stage=sert", "model=tiny", *NO_DROPOUT, *csqa_24, "logger=none", "dataset.limit=8",
+    args = ["stage=sert", "model=tiny", *NO_DROPOUT, *csqa_25, "logger=none", "dataset.limit=8",
             "generation.max_new_tokens=16", "generation.batch_size=4", "filter.length.min_tokens=1",
             "filter.perplexity.min_ppl=0", "filter.rep2.max_rate=1.0", "trainer.precision=fp32",
             "trainer.batch_size=4", "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_strategy=no",

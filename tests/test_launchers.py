@@ -64,3 +64,26 @@ def test_launcher_sweep_shares_the_cache_records_failures_and_reports_like_basic
     entries = [e for e in (tmp_path / "out/cache/evaluate").iterdir() if e.is_dir()]
     assert len(entries) == 1 and (entries[0] / COMPLETE).exists()
     assert report(sweep_dir) == basic
+
+
+@pytest.mark.slow
+def test_submitit_job_with_two_tasks_trains_like_one_process(tmp_path):
+    """``hydra.launcher.tasks_per_node=2``: the job's two tasks become ranks 0 and 1 (from submitit's job
+    environment, as under SLURM) and train together: one run.json with 2 processes, one process's losses."""
+    from test_distributed import NO_DROPOUT, finetune_args, losses
+
+    data, split = tmp_path / "csqa.json", tmp_path / "csqa.split.json"
+    data.write_text(json.dumps([{**r, "question": r["question"] + " Think." * i} for i in range(4) for r in CSQA_ROWS]))
+    split.write_text(json.dumps({"train": list(range(12)), "test": [12]}))
+    args = finetune_args([f"dataset.path={data}", f"dataset.split_file={split}"])
+    assert set(NO_DROPOUT) <= set(args)
+    run_cli(*args, out=tmp_path / "one")
+    run_cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5",
+            *args, out=tmp_path / "two")
+    (one,) = (tmp_path / "one/runs").rglob("run.json")
+    (two,) = (tmp_path / "two/multiruns").rglob("run.json")
+    r1, r2 = read_json(one), read_json(two)
+    assert r2["status"] == "ok" and r2["processes"] == 2 and r1["processes"] == 1
+    l1, l2 = losses(r1["steps"][0]), losses(r2["steps"][0])
+    assert len(l1) == 4 and all(abs(a - b) <= 1e-3 * abs(b) for a, b in zip(l2, l1)), (l2, l1)
+    assert r2["steps"][1]["summary"]["metrics"] == r1["steps"][1]["summary"]["metrics"]

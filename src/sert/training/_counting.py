@@ -12,11 +12,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from sert import distributed, faults
 from sert.artifacts import write_json
 from sert.training.base import TOTALS, Totals
+from sert.training.data import IGNORE, MaskableRows, RankBatches
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,25 @@ class CountingTrainer(Trainer):
             loss = loss * (inputs["labels"][:, 1:] != -100).sum() / num_items_in_batch
         return loss
 
+    global_batch = 8  # set by HFTrainer: trainer.batch_size, split across the processes
+    lengths: list[int] = []  # set by HFTrainer: the training rows' token counts (length-grouped batches)
+    group_by_length = True
+
+    def get_train_dataloader(self) -> DataLoader:
+        """sert's batches (``RankBatches``): the same global batches for 1 or N processes, this rank's share."""
+        batches = RankBatches(self.lengths, self.global_batch, self.args.seed, group=self.group_by_length,
+                              rank=self.args.process_index, world=self.args.world_size)
+        loader = self.accelerator.prepare(DataLoader(MaskableRows(self.train_dataset), batch_sampler=batches,
+                                                     collate_fn=self.data_collator, num_workers=0))
+        shard = getattr(loader, "batch_sampler", None)  # accelerate's per-process wrapper: ours is per-process already
+        if getattr(shard, "batch_sampler", None) is batches:
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
+
     def training_step(self, model, inputs, *args, **kwargs):
-        self.real_tokens += int(inputs["attention_mask"].sum())
-        self.padded_tokens += inputs["input_ids"].numel()
+        real = inputs["labels"].ne(IGNORE).any(dim=1)  # not a masked stand-in row (RankBatches)
+        self.real_tokens += int(inputs["attention_mask"][real].sum())
+        self.padded_tokens += int(real.sum()) * inputs["input_ids"].shape[1]
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.loss_sum += float(loss)
         return loss

@@ -29,11 +29,12 @@ def optimizer_name(name: str, fused: bool) -> str:
 class HFTrainer(BaseTrainer):
     """transformers' Trainer with a padding-only collator and length-grouped sampling.
 
-    Several processes (torchrun, ``accelerate launch``, srun): DDP, and ``batch_size`` stays the *global*
-    batch. Every rank draws the same batches (same sampler, same seed) and takes its contiguous share
-    (accelerate's ``split_batches``); transformers divides the loss by the target tokens of the whole
-    batch across ranks (``average_tokens_across_devices``). So the batches, their loss and the updates are
-    those of one process, up to float summation order."""
+    Batches are sert's length-grouped batches (``sert.training.data.RankBatches``, as ``trainer=loop``), a
+    pure function of the seed and the epoch. Several processes (torchrun, ``accelerate launch``, srun): DDP,
+    and ``batch_size`` stays the *global* batch: every rank computes the same batches and takes its share;
+    transformers divides the loss by the target tokens of the whole batch across ranks
+    (``average_tokens_across_devices``). So the batches, their loss and the updates are those of one
+    process, up to float summation order (and dropout, whose masks each process draws)."""
 
     distributed = True
 
@@ -46,20 +47,20 @@ class HFTrainer(BaseTrainer):
         return TrainingArguments(
             output_dir=str(ckpt_dir),
             num_train_epochs=c.epochs, max_steps=c.max_steps,
-            per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
+            # batch_size is the global batch: each of N processes takes its share (CountingTrainer's batches)
+            per_device_train_batch_size=c.batch_size // distributed.world_size(),
+            per_device_eval_batch_size=c.batch_size,
             gradient_accumulation_steps=c.grad_accum,
             learning_rate=c.lr, optim=optimizer_name(c.optimizer, c.fused_optimizer), weight_decay=c.weight_decay,
             adam_beta1=c.adam_beta1, adam_beta2=c.adam_beta2,
             lr_scheduler_type=c.lr_scheduler, warmup_steps=float(c.warmup_ratio), max_grad_norm=c.max_grad_norm,
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
-            train_sampling_strategy="group_by_length" if c.group_by_length else "random",
             eval_strategy=c.eval_strategy if has_eval else "no", eval_steps=c.eval_steps,
             save_strategy=c.save_strategy, save_steps=c.save_steps, save_total_limit=c.save_total_limit,
             logging_steps=c.logging_steps, report_to=c.report_to,
             include_num_input_tokens_seen="non_padding",
             seed=seed, data_seed=seed, dataloader_num_workers=0, remove_unused_columns=False,
             average_tokens_across_devices=True,
-            accelerator_config={"split_batches": True} if distributed.active() else None,
         )
 
     def problem(self, ckpt: Path) -> str | None:
@@ -82,6 +83,7 @@ class HFTrainer(BaseTrainer):
     def _fit(self, model, tokenizer, train: Tokenized, held: Tokenized | None, ckpt_dir: Path, seed: int) -> dict:
         from sert.training._counting import CountingTrainer
 
+        c = self.config
         use_cpu = next(model.parameters()).device.type == "cpu"
         args = self.training_arguments(ckpt_dir, seed, use_cpu, held is not None)
         trainer = CountingTrainer(model=model, args=args, data_collator=PadCollator(pad_id(tokenizer)),
@@ -89,6 +91,7 @@ class HFTrainer(BaseTrainer):
                                   processing_class=tokenizer, callbacks=list(self.callbacks))
         trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
         trainer.sert_loss = self.loss
+        trainer.global_batch, trainer.lengths, trainer.group_by_length = c.batch_size, train.lengths, c.group_by_length
         trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
         last = distributed.broadcast(self.last_complete(ckpt_dir) if distributed.is_main() else None)
         if last:
