@@ -186,3 +186,58 @@ def test_sert_stage_on_two_processes_equals_one(tmp_path: Path, csqa_25):
     for step in s2:
         entries = [e for e in (tmp_path / "two/cache" / step).iterdir() if e.is_dir()]
         assert len(entries) == 1 and (entries[0] / COMPLETE).exists(), (step, entries)
+
+
+# ----------------------------------------------------------------------------- the cache protocol, in-process
+def _cache_rank(rank: int, root: str, results) -> None:
+    """One of 2 gloo processes asking ``ctx.cached`` for entries (what every step does)."""
+    from datetime import timedelta
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from sert.pipeline import Context
+
+    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    ctx = Context(OmegaConf.create({"paths": {"cache_dir": f"{root}/cache"}}), Path(root) / f"run{rank}")
+    built = []
+
+    def build(d: Path) -> dict:
+        built.append(rank)
+        (d / f"out{rank}.txt").write_text("built")
+        return {"by": rank}
+
+    def broken(d: Path) -> dict:
+        raise OSError("disk full")
+
+    first = ctx.cached("gen", {"x": 1}, [], build)  # rank 0 alone builds
+    again = ctx.cached("gen", {"x": 1}, [], build)  # a hit on both
+    together = ctx.cached("train", {"x": 1}, [], build, all_ranks=True)  # both build, rank 0 records
+    try:
+        ctx.cached("gen", {"x": 2}, [], broken)
+        failure = None
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        failure = f"{type(e).__name__}: {e}"
+    results.put((rank, built, first.summary["by"], first.cached, again.cached, together.summary["by"], failure))
+    dist.destroy_process_group()
+
+
+def test_rank_0_decides_builds_and_records_the_others_read_its_result(tmp_path: Path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_cache_rank, args=(r, str(tmp_path), results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict((r[0], r[1:]) for r in (results.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    assert got[0] == ([0, 0], 0, False, True, 0, "OSError: disk full")
+    built1, by, cached, again, together, failure = got[1]
+    assert built1 == [1] and by == 0 and cached is False and again is True and together == 0  # built only "train"
+    assert failure.startswith("RuntimeError: [gen] rank 0 did not complete")
+    assert not (tmp_path / "run1" / "run.json").exists()
+    assert (tmp_path / "cache/gen").is_dir() and len([e for e in (tmp_path / "cache/gen").iterdir() if e.is_dir()]) == 2

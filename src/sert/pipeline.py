@@ -143,6 +143,7 @@ class Context:
         hit = distributed.broadcast(None)
         start = time.perf_counter()
         if not hit and build is not None:
+            entry.dir.mkdir(parents=True, exist_ok=True)
             build(entry.dir)
         with entry.lock():  # rank 0 holds it until the entry is complete (or its build failed)
             if not entry.complete:
