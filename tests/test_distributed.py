@@ -191,6 +191,7 @@ def test_sert_stage_on_two_processes_equals_one(tmp_path: Path, csqa_25):
 # ----------------------------------------------------------------------------- the cache protocol, in-process
 def _cache_rank(rank: int, root: str, results) -> None:
     """One of 2 gloo processes asking ``ctx.cached`` for entries (what every step does)."""
+    import time
     from datetime import timedelta
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2")
@@ -201,6 +202,11 @@ def _cache_rank(rank: int, root: str, results) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
+    if rank == 1:  # a slow rank 1: rank 0 must not take an entry's lock again before rank 1 has read the entry
+        from sert import artifacts
+
+        lock = artifacts.CacheEntry.lock
+        artifacts.CacheEntry.lock = lambda self: (time.sleep(0.5), lock(self))[1]
     ctx = Context(OmegaConf.create({"paths": {"cache_dir": f"{root}/cache"}}), Path(root) / f"run{rank}")
     built = []
 

@@ -114,11 +114,20 @@ class Context:
 
         In a run of several processes (``sert.distributed``) rank 0 decides hit or build and writes the
         marker; ``build`` runs on rank 0 only, or on every rank with ``all_ranks`` (training: then only
-        rank 0 may write files). The other ranks then wait for the entry's lock and read rank 0's record."""
+        rank 0 may write files). The other ranks then wait for the entry's lock (no time limit) and read rank
+        0's record; a barrier then lets rank 0 go on (it must not take the lock again before they read)."""
         key = stable_hash({"step": step, "material": material, "inputs": [i.key for i in inputs]})
         entry = self.store.entry(step, key)
         if not distributed.is_main():
-            return self._follow(step, entry, build if all_ranks else None)
+            out = self._follow(step, entry, build if all_ranks else None)
+        else:
+            out = self._build_or_reuse(step, entry, material, build)
+        distributed.barrier()
+        return out
+
+    def _build_or_reuse(self, step: str, entry, material: Any, build: Callable[[Path], dict]) -> StepOutput:
+        """Rank 0 (or the only process): under the entry's lock, reuse it if complete, else build it."""
+        key = entry.key
         with entry.lock():
             hit = distributed.broadcast(entry.complete)
             if hit:
