@@ -10,13 +10,15 @@ Methods (one process, the model loaded once, timings exclude loading; no stop st
   * hf_fp32      HF ``generate`` with ALL paths of ALL questions in one left-padded batch (no ppl);
   * hf_bf16      the same in bf16 (only where the CPU has fast bf16);
   * sert_fp32    ``sert.sampling.sample_batch``, all questions in one batch (prompt encoded once, shared KV
-                 cache, ppl in the loop);
+                 cache, ppl in the loop), with ``model.attention=sert`` (the one-token step's attention);
   * sert_bf16    the same in bf16 (only where the CPU has fast bf16);
+  * sert_*_sdpa  the same sampler with transformers' SDPA attention (the sampler before ``sert.attention``);
+  HF rows run on SDPA attention;
   * ct2_<type>   ``sert.ct2.generate_ct2`` per CTranslate2 compute type (if sert.ct2 and ctranslate2 exist).
 Columns: tokens/s, ratio to hf_fp32, for fast (non-fp32) paths the mean absolute difference between a path's
-mean per-token log-prob and the fp32 model's (teacher-forced, on ``--fidelity-paths`` paths), and the fraction
-of the roofline: tokens/s x 2 x params FLOP against the best GEMM GFLOP/s measured here (fp32, and bf16 where
-fast). Writes ``<out>/bench_generate.json`` and ``<out>/bench_generate.md``.
+mean per-token log-prob and the fp32 model's (teacher-forced, on ``--fidelity-paths`` paths), and the shares of
+two peaks measured in this run: tokens/s x 2 x params FLOP against torch.mm at 4096^3 and at the model's own
+shapes for one step's rows (``benchlib.shape_peak``), per dtype. Writes ``<out>/bench_generate.json`` and ``<out>/bench_generate.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
 SHARED = Path(os.environ.get("SERT_SHARED_DIR") or ROOT.parent / "shared")
 FALLBACK_QUESTIONS = ["Where do you keep milk cold?", "What do birds use to fly?", "Where does the sun rise?",
                       "What melts ice?"]
@@ -58,21 +62,6 @@ def questions(n: int) -> list[str]:
     qs = [r["question"] for r in json.loads(path.read_text())[:n]] if path.exists() else []
     qs = qs or FALLBACK_QUESTIONS
     return [f"Question: {q} Answer:" for q in (qs * n)[:n]]
-
-
-# ----------------------------------------------------------------------------- machine peak
-def gemm_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """Best GFLOP/s of torch.mm over a few shapes typical of batched decoding and of big square GEMMs."""
-    best = 0.0
-    for m, k, n in ((200, 576, 1536), (256, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)):
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        torch.mm(a, b)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            torch.mm(a, b)
-            reps += 1
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 # ----------------------------------------------------------------------------- methods
@@ -193,25 +182,29 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="questions per sample_batch call (sert)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--fidelity-paths", type=int, default=16)
-    p.add_argument("--methods", default="naive,hf_fp32,hf_bf16,sert_fp32,sert_bf16,ct2")
+    p.add_argument("--methods", default="hf_fp32,hf_bf16,sert_fp32_sdpa,sert_fp32,sert_bf16_sdpa,sert_bf16",
+                   help="naive,hf_fp32,hf_bf16,sert_fp32_sdpa,sert_fp32,sert_bf16_sdpa,sert_bf16,ct2")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     p.add_argument("--force-bf16", action="store_true",
                    help="run the bf16 rows on a CPU without fast bf16 too (emulated: their speed means nothing "
                         "there, their log-prob error vs fp32 does)")
     a = p.parse_args()
 
+    from benchlib import large_peak, shape_peak
+
     from sert.hardware import bf16_fast, cpu_info
-    from sert.models import load_model
+    from sert.models import load_model, set_attention
 
     torch.set_num_threads(a.threads)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     bf16 = bf16_fast("cpu")
-    peaks = {"float32": gemm_peak(torch.float32)}
-    if bf16:
-        peaks["bfloat16"] = gemm_peak(torch.bfloat16)
     kwargs = model_kwargs(a.model)
     model, tok = load_model(**kwargs, device="cpu")
+    rows_per_step = a.batch_size * a.first_k * a.samples
+    dtypes = [torch.float32] + ([torch.bfloat16] if bf16 else [])
+    peaks = {str(d).split(".")[1]: large_peak(d) for d in dtypes}
+    shape_peaks = {str(d).split(".")[1]: shape_peak(model.config, rows_per_step, d) for d in dtypes}
     params = sum(t.numel() for t in model.parameters())
     prompts = questions(a.questions)
     wanted = a.methods.split(",")
@@ -230,17 +223,32 @@ def main() -> None:
 
     if "naive" in wanted:
         timed("naive", run_naive, model, tok, prompts, a, questions=min(a.naive_questions, a.questions))
+    def with_attention(m, attention: str, fn):
+        def run(*args):
+            set_attention(m, attention)
+            try:
+                return fn(*args)
+            finally:
+                set_attention(m, "sert")
+        return run
+
     if "hf_fp32" in wanted:
-        timed("hf_fp32", run_hf_batched, model, tok, prompts, a)
+        timed("hf_fp32", with_attention(model, "sdpa", run_hf_batched), model, tok, prompts, a)
+    if "sert_fp32_sdpa" in wanted:
+        timed("sert_fp32_sdpa", with_attention(model, "sdpa", run_sert), model, tok, prompts, a)
     if "sert_fp32" in wanted:
         timed("sert_fp32", run_sert, model, tok, prompts, a)
-    if (bf16 or a.force_bf16) and ("hf_bf16" in wanted or "sert_bf16" in wanted):
+    if (bf16 or a.force_bf16) and any(m in wanted for m in ("hf_bf16", "sert_bf16", "sert_bf16_sdpa")):
         if not bf16:
             notes.append("bf16 rows forced on a CPU without fast bf16: emulated, so their tok/s is not a speed "
                          "figure; their log-prob error vs fp32 is")
         model16 = load_model(**{**kwargs, "dtype": "bfloat16"}, device="cpu")[0]
         if "hf_bf16" in wanted:
-            timed("hf_bf16", run_hf_batched, model16, tok, prompts, a, dtype="bfloat16")
+            timed("hf_bf16", with_attention(model16, "sdpa", run_hf_batched), model16, tok, prompts, a,
+                  dtype="bfloat16")
+        if "sert_bf16_sdpa" in wanted:
+            timed("sert_bf16_sdpa", with_attention(model16, "sdpa", run_sert), model16, tok, prompts, a,
+                  dtype="bfloat16")
         if "sert_bf16" in wanted:
             timed("sert_bf16", run_sert, model16, tok, prompts, a, dtype="bfloat16")
         del model16
@@ -267,7 +275,9 @@ def main() -> None:
         flops = 2 * params * r["tok_s"]
         peak = peaks.get(r["dtype"], peaks["float32"])
         r["vs_hf_fp32"] = round(r["tok_s"] / ref["tok_s"], 2) if ref else None
+        r["gflops"] = round(flops / 1e9, 1)
         r["roofline"] = round(flops / (peak * 1e9), 3)
+        r["of_shape_peak"] = round(flops / (shape_peaks.get(r["dtype"], shape_peaks["float32"]) * 1e9), 3)
         paths = r.pop("_paths")
         fast = r["dtype"] not in ("float32",) and paths is not None
         r["logprob_mad"] = fidelity(model, tok, prompts, paths, a.fidelity_paths) if fast else None
@@ -279,6 +289,7 @@ def main() -> None:
               "settings": {k: getattr(a, k) for k in ("questions", "naive_questions", "first_k", "samples",
                                                       "max_new_tokens", "top_k", "top_p", "batch_size")},
               "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
+              "shape_peak_gflops": shape_peaks, "rows_per_step": rows_per_step,
               "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in load_end],
               "rows": rows, "notes": notes}
     (Path(a.out) / "bench_generate.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -291,18 +302,23 @@ def markdown(rep: dict) -> str:
     s = rep["settings"]
     lines = [f"CPU: {rep['cpu']} ({', '.join(rep['flags'])}), {rep['threads']} threads "
              f"(OMP_WAIT_POLICY={rep['omp_wait_policy']}), torch {rep['torch']}; "
-             f"GEMM peak measured: " + ", ".join(f"{k} {v} GFLOP/s" for k, v in rep["gemm_peak_gflops"].items()),
+             "matmul peaks measured in this run, at 4096^3: " + ", ".join(
+                 f"{k} {v} GFLOP/s" for k, v in rep["gemm_peak_gflops"].items())
+             + f"; at the model's shapes for {rep['rows_per_step']} rows: " + ", ".join(
+                 f"{k} {v} GFLOP/s" for k, v in rep["shape_peak_gflops"].items()),
              f"Model {rep['model']} ({rep['params'] / 1e6:.1f} M params, 2 x params FLOP/token); "
              f"{s['questions']} questions x {s['first_k'] * s['samples']} paths x {s['max_new_tokens']} new tokens, "
              f"top-k {s['top_k']} / top-p {s['top_p']}, no stop strings; load average "
              f"{rep['load_avg_start'][0]} at start, {rep['load_avg_end'][0]} at end", "",
-             "| method | dtype | questions | tokens | wall s | tok/s | vs HF generate fp32 | mean abs Δ log ppl vs fp32 | roofline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | dtype | questions | tokens | wall s | tok/s | vs HF generate fp32 | mean abs Δ log ppl vs fp32 "
+             "| GFLOP/s | of 4096^3 peak | of shape peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         mad = "—" if r["logprob_mad"] is None else f"{r['logprob_mad']:.4f}"
         ratio = "—" if r["vs_hf_fp32"] is None else f"{r['vs_hf_fp32']:.2f}x"
         lines.append(f"| {r['method']} | {r['dtype']} | {r['questions']} | {r['tokens']} | {r['wall_s']} | "
-                     f"{r['tok_s']} | {ratio} | {mad} | {100 * r['roofline']:.1f}% |")
+                     f"{r['tok_s']} | {ratio} | {mad} | {r['gflops']} | {100 * r['roofline']:.1f}% | "
+                     f"{100 * r['of_shape_peak']:.1f}% |")
     if any(r["dtype"] not in rep["gemm_peak_gflops"] for r in rep["rows"]):
         lines.append("\nRows in a dtype without a measured peak (int8 compute types) use the float32 GEMM peak.")
     lines += [f"\n{n}" for n in rep["notes"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -55,7 +56,8 @@ def test_cache_hit_miss_and_key_sensitivity(tmp_path):
     b = ctx.cached("step", {"k": 1}, [], build)
     c = ctx.cached("step", {"k": 2}, [], build)
     assert len(calls) == 2 and not a.cached and b.cached and a.key == b.key != c.key
-    assert b.summary["n"] == 1 and json.loads((a.dir / "COMPLETE.json").read_text())["files"] == ["out.txt"]
+    assert b.summary["n"] == 1 and json.loads((a.dir / "COMPLETE.json").read_text())["files"] == {
+        "out.txt": {"size": 1, "sha256": hashlib.sha256(b"x").hexdigest()}}
 
 
 def test_killed_build_is_not_trusted_and_resumes_in_place(tmp_path):
@@ -150,3 +152,116 @@ def test_resuming_is_logged_only_when_there_is_something_to_resume(tmp_path, cap
     assert msgs == [f"[step] computing into {empty}",
                     f"[step] resuming in {ctx.store.entry('step', key2).dir} (1 files from an interrupted run)"]
     assert entry.partial_files() == []
+
+
+# ----------------------------------------------------------------------------- integrity of cache hits
+def _two_file_build(calls):
+    def build(d):
+        calls.append(d)
+        (d / "metrics.json").write_text('{"acc": 0.25}\n')
+        (d / "rows.jsonl").write_text('{"i": 1}\n{"i": 2}\n{"i": 3}\n')
+        (d / "model").mkdir()
+        (d / "model" / "w.bin").write_bytes(bytes(range(200)))
+        return {"n": 3}
+    return build
+
+
+def _cut_last_line(p):
+    p.write_text("".join(p.read_text().splitlines(keepends=True)[:-1]))
+
+
+DAMAGE = {  # what a user, a full disk or a bad copy does to a finished entry -> what the warning names
+    "edited json": (lambda d: (d / "metrics.json").write_text('{"acc": 0.9}\n'), "metrics.json has 13 bytes, 14"),
+    "same-size edit": (lambda d: (d / "metrics.json").write_text('{"acc": 0.75}\n'), "metrics.json was modified"),
+    "truncated json": (lambda d: (d / "metrics.json").write_text('{"acc": 0.'), "metrics.json has 10 bytes, 14"),
+    "jsonl cut at a line": (lambda d: _cut_last_line(d / "rows.jsonl"), "rows.jsonl has 18 bytes, 27"),
+    "deleted file": (lambda d: (d / "rows.jsonl").unlink(), "rows.jsonl is missing"),
+    "truncated weights": (lambda d: (d / "model" / "w.bin").write_bytes(bytes(100)), "model/w.bin has 100 bytes, 200"),
+    "broken marker": (lambda d: (d / "COMPLETE.json").write_text("{"), "COMPLETE.json is unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_entry_is_rebuilt_never_served(tmp_path, caplog, case):
+    (tmp_path / "run").mkdir()
+    ctx = _context(tmp_path)
+    calls = []
+    first = ctx.cached("step", {"k": 1}, [], _two_file_build(calls))
+    damage, named = DAMAGE[case]
+    damage(first.dir)
+    caplog.set_level("WARNING", logger="sert.pipeline")
+    again = ctx.cached("step", {"k": 1}, [], _two_file_build(calls))
+    assert len(calls) == 2 and not again.cached
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "is damaged" in warning and named in warning and "building it again" in warning
+    assert (again.dir / "metrics.json").read_text() == '{"acc": 0.25}\n'
+    assert len(read_jsonl(again.dir / "rows.jsonl")) == 3
+    assert ctx.cached("step", {"k": 1}, [], _two_file_build(calls)).cached and len(calls) == 2  # whole again
+
+
+def test_problem_names_the_file_and_the_sizes(tmp_path):
+    from sert.artifacts import ArtifactStore
+
+    entry = ArtifactStore(tmp_path).entry("s", "k")
+    entry.dir.mkdir(parents=True)
+    _two_file_build([])(entry.dir)
+    entry.finish({}, {})
+    assert entry.problem() is None
+    _cut_last_line(entry.dir / "rows.jsonl")
+    assert entry.problem() == "rows.jsonl has 18 bytes, 27 when it was written"
+    (entry.dir / "rows.jsonl").write_text('{"i": 1}\n{"i": 2}\n{"i": 4}\n')
+    assert entry.problem() == "rows.jsonl was modified (same size, different sha256)"
+    (entry.dir / "rows.jsonl").write_text('{"i": 1}\n{"i": 2}\n{"i": 3}\n')
+    (entry.dir / "model" / "w.bin").unlink()
+    assert entry.problem() == "model/w.bin is missing"
+
+
+def test_large_files_are_checked_by_size_unless_verify_full(tmp_path, monkeypatch):
+    """paths.verify=fast hashes files up to CHEAP_HASH_BYTES; a same-size change of a larger file needs full."""
+    from sert import artifacts
+
+    entry = artifacts.ArtifactStore(tmp_path).entry("s", "k")
+    entry.dir.mkdir(parents=True)
+    _two_file_build([])(entry.dir)
+    entry.finish({}, {})
+    monkeypatch.setattr(artifacts, "CHEAP_HASH_BYTES", 100)  # w.bin (200 bytes) is now a "large" file
+    (entry.dir / "model" / "w.bin").write_bytes(bytes(reversed(range(200))))
+    assert entry.problem("fast") is None
+    assert entry.problem("full") == "model/w.bin was modified (same size, different sha256)"
+    (entry.dir / "model" / "w.bin").write_bytes(bytes(199))
+    assert entry.problem("fast") == "model/w.bin has 199 bytes, 200 when it was written"
+
+
+def test_entry_from_before_integrity_records_gets_them(tmp_path):
+    from sert.artifacts import ArtifactStore, read_json, write_json
+
+    entry = ArtifactStore(tmp_path).entry("s", "k")
+    entry.dir.mkdir(parents=True)
+    (entry.dir / "a.txt").write_text("abc")
+    write_json(entry.dir / "COMPLETE.json", {"step": "s", "key": "k", "files": ["a.txt"], "summary": {}})
+    assert entry.problem() is None
+    assert read_json(entry.dir / "COMPLETE.json")["files"] == {
+        "a.txt": {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}}
+    (entry.dir / "a.txt").write_text("abd")
+    assert entry.problem() == "a.txt was modified (same size, different sha256)"
+    write_json(entry.dir / "COMPLETE.json", {"step": "s", "key": "k", "files": ["gone.txt"], "summary": {}})
+    assert entry.problem() == "gone.txt is missing"
+
+
+def test_check_file_reads_through_the_entry_record(tmp_path):
+    from sert.artifacts import ArtifactStore, check_file
+
+    entry = ArtifactStore(tmp_path / "cache").entry("evaluate", "k")
+    entry.dir.mkdir(parents=True)
+    _two_file_build([])(entry.dir)
+    entry.finish({}, {})
+    link = tmp_path / "run" / "evaluate"
+    link.parent.mkdir()
+    link.symlink_to(entry.dir)
+    assert check_file(link / "metrics.json") == link / "metrics.json"
+    (entry.dir / "metrics.json").write_text('{"acc": 0.99}\n')
+    with pytest.raises(ValueError, match=r"run/evaluate/metrics.json: metrics.json was modified .* is damaged"):
+        check_file(link / "metrics.json")
+    plain = tmp_path / "plain.json"  # not in a cache entry (a collected study): nothing to check against
+    plain.write_text("{}")
+    assert check_file(plain) == plain

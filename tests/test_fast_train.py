@@ -142,3 +142,12 @@ def test_compiled_blocks_train_like_eager_blocks(tmp_path, one_torch_thread):
                               compile=compiled, logging_steps=1)
         losses[compiled] = trainer.train(model, tok, EXAMPLES, tmp_path / str(compiled), seed=0)["train_loss"]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_fast_loss_without_grad_mode_computes_the_same_loss_and_no_gradients():
+    model, tok = llama()
+    b = batch(tok)
+    with torch.no_grad():
+        loss = causal_lm_loss(model, b, fast=True)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, causal_lm_loss(model, b, fast=False).detach(), rtol=1e-5, atol=1e-6)

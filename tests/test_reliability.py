@@ -146,3 +146,21 @@ def test_tiny_model_key_ignores_name_or_path(tmp_path):
     assert ident("model=tiny") == ident("model=tiny", "model.name_or_path=something/else")
     assert ident("model=tiny") != ident("model=tiny-deep")
     assert ident("model=gpt2") != ident("model=gpt2", "model.name_or_path=gpt2-medium")
+
+
+def test_token_hyperparameters_are_recorded_and_a_run_reruns_from_its_overrides(tmp_path, sqa_jsonl):
+    """Knobs with 'token' in their name are numbers in run.json, and its overrides rerun the same job."""
+    out = tmp_path / "out"
+    args = ["stage=data", "model=tiny", "logger=none", f"dataset.path={sqa_jsonl}", "generation.max_new_tokens=7",
+            "generation.samples_per_token=2", "filter.length.min_tokens=3", "teacher.max_tokens=9",
+            "judge=local", "judge.score_tokens=6"]
+    run_cli(*args, out=out)
+    m = _manifest(out)
+    assert m["overrides"] == args and all("***" not in a for a in m["command"])
+    cfg = m["config"]
+    assert (cfg["generation"]["max_new_tokens"], cfg["generation"]["samples_per_token"]) == (7, 2)
+    assert (cfg["filter"]["length"]["min_tokens"], cfg["teacher"]["max_tokens"]) == (3, 9)
+    assert cfg["judge"]["score_tokens"] == 6
+    rerun = tmp_path / "rerun"
+    run_cli(*m["overrides"], out=rerun)
+    assert _manifest(rerun)["config"] == cfg | {"paths": _manifest(rerun)["config"]["paths"]}

@@ -490,3 +490,49 @@ def test_cpu_study_experiments_compose(exp):
         assert cfg.dataset.split == "test" and cfg.stage.name == "filter"
     if exp == "cpu_study_fig4":
         assert cfg.judge.target == "selected" and cfg.judge.sample is None and cfg.dataset.limit == 30
+
+
+# ----------------------------------------------------------------------------- damaged inputs
+def test_damaged_cached_step_file_is_named_not_reported(tmp_path: Path, capsys):
+    """A cached metrics.json edited after its step finished (COMPLETE.json records its size and sha256) is
+    not reported: one line names the file and the damaged entry."""
+    from sert.artifacts import ArtifactStore
+
+    run = make_run(tmp_path, "r", "sert", "gpt2", "commonsense_qa", metrics=eval_metrics(0.25), link=True)
+    entry_dir = (run / "evaluate").resolve()
+    entry = ArtifactStore(entry_dir.parents[1]).entry("evaluate", entry_dir.name)
+    entry.finish({}, {})
+    assert main([str(tmp_path), "--no-plots"]) == 0
+    (entry_dir / "metrics.json").write_text(json.dumps(eval_metrics(0.95)))  # same size, other numbers
+    capsys.readouterr()
+    assert main([str(tmp_path), "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sert-report: {run / 'evaluate' / 'metrics.json'}: metrics.json was modified")
+    assert "is damaged" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, text, says", [
+    ("metrics.json", '{"acc": 0.5, "fmt"', "metrics.json:1:19: not valid JSON (Expecting ':' delimiter) — the file looks truncated"),
+    ("predictions.jsonl", '{"qid": "0", "correct": true}\n{"qid": "1", "corr', "predictions.jsonl:2: not valid JSON"),
+])
+def test_truncated_step_file_is_one_line_naming_it(tmp_path: Path, capsys, name, text, says):
+    make_run(tmp_path, "r", "sert", "gpt2", "commonsense_qa", metrics=eval_metrics(0.5),
+             extra_files={("evaluate", name): text})
+    assert main([str(tmp_path), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_run_json_is_listed_in_the_report(tmp_path: Path):
+    make_run(tmp_path, "good", "sert", "gpt2", "commonsense_qa", metrics=eval_metrics(0.5))
+    bad = tmp_path / "cut" / "run.json"
+    bad.parent.mkdir()
+    bad.write_text('{"stage": "sert", "choi')
+    (tmp_path / "latin1").mkdir()
+    (tmp_path / "latin1" / "run.json").write_bytes(b'{"stage": "caf\xe9"}')
+    path, _ = build_report(tmp_path, plots=False)
+    text = path.read_text()
+    section = text.split("## Unreadable run.json files")[1].split("##")[0]
+    assert "- cut/run.json:1:19: not valid JSON (Unterminated string starting at) — the file looks truncated" in section
+    assert "- latin1/run.json: " in section and "not UTF-8 text (byte 0xe9 at offset 14)" in section
+    assert text.startswith("# SERT report") and "1 runs (sert: 1)" in text

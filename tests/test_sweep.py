@@ -137,7 +137,8 @@ def test_experiment_composes_for_every_job(name: str, profile: list[str]):
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             grid = [g + [f"{o.key_or_group}={v}"] for g in grid for v in values]
         for job in grid:
-            hydra_compose(config_name="config", overrides=[f"experiment={name}", *profile, *job])
+            job_cfg = hydra_compose(config_name="config", overrides=[f"experiment={name}", *profile, *job])
+            sert.cli.check_config(job_cfg)  # and its values pass the checks a run makes first
 
 
 # What the former experiment=<name>_cpu files set, which `experiment=<name> profile=cpu` must reproduce for every

@@ -74,7 +74,8 @@ def _offline_run(run_dir: Path) -> dict:
 def test_offline_run_files(tmp_path: Path, csqa_files):
     out = tmp_path / "out"
     run_cli("stage=data", *_data_args(csqa_files), "logger=wandb", "logger.mode=offline", "logger.tags=[t1]",
-            "+dataset.hub_splits.api_key=s3cr3t-value", out=out, env=OFFLINE)
+            "+dataset.hub_splits.api_key=${oc.env:SERT_TEST_SECRET}", "generation.max_new_tokens=7",
+            "filter.length.min_tokens=3", out=out, env={**OFFLINE, "SERT_TEST_SECRET": "s3cr3t-value"})
     (run_dir,) = [p.parent for p in (out / "runs").rglob("run.json")]
     rec = _offline_run(run_dir)
     assert rec["run"]["name"] == "data/tiny/commonsense_qa"
@@ -82,6 +83,8 @@ def test_offline_run_files(tmp_path: Path, csqa_files):
     assert rec["run"]["group"] == ""  # a single run has no group
     assert rec["config"]["model"]["name"] == "tiny" and rec["config"]["dataset"]["limit"] is None
     assert rec["config"]["dataset"]["hub_splits"]["api_key"] == "***"
+    # token-count hyperparameters are not secrets: the dashboard can group and filter by them
+    assert rec["config"]["generation"]["max_new_tokens"] == 7 and rec["config"]["filter"]["length"]["min_tokens"] == 3
     assert rec["summary"]["data/records"] == 3 and rec["summary"]["data/cached"] == 0
     assert {"name": f"manifest-{rec['run']['id']}", "type": "manifest"} in rec["artifacts"]
     raw = b"".join(p.read_bytes() for p in (run_dir / "wandb").rglob("*") if p.is_file())

@@ -13,13 +13,15 @@ from typing import Any
 def read_offline_run(path: str | os.PathLike) -> dict:
     """Read an offline run's ``run-<id>.wandb`` (LevelDB-log framed protobuf records) into plain dicts:
     ``{"run": {id, name, group, tags, project, job_type}, "config": {...}, "summary": {...},
-    "history": [{...}, ...], "artifacts": [{"name", "type"}]}`` — for tests and for inspecting a run
+    "history": [{...}, ...], "artifacts": [{"name", "type"}], "exit_code": int | None,
+    "tables": {key: {"columns": [...], "data": [[...], ...]}}, "images": {key: Path}}`` (the last table or
+    image logged under each key, read from the run's ``files/``) — for tests and for inspecting a run
     before ``wandb sync``."""
     import json
 
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "artifacts": []}
+    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "artifacts": [], "exit_code": None,
+                           "tables": {}, "images": {}}
+    files = Path(path).parent / "files"
 
     def key_of(item: Any) -> str:
         return "/".join(item.nested_key) if item.nested_key else item.key
@@ -36,10 +38,34 @@ def read_offline_run(path: str | os.PathLike) -> dict:
         elif kind == "summary":
             out["summary"].update({key_of(u): json.loads(u.value_json) for u in rec.summary.update})
         elif kind == "history":
-            out["history"].append({key_of(i): json.loads(i.value_json) for i in rec.history.item})
+            row: dict[str, Any] = {}
+            for i in rec.history.item:  # media are nested: ("eval/predictions_table", "_type") -> a dict
+                if len(i.nested_key) > 1:
+                    row.setdefault(i.nested_key[0], {})["/".join(i.nested_key[1:])] = json.loads(i.value_json)
+                else:
+                    row[key_of(i)] = json.loads(i.value_json)
+            out["history"].append(row)
+            for key, value in row.items():
+                if isinstance(value, dict) and value.get("_type") == "table-file":
+                    out["tables"][key] = json.loads((files / value["path"]).read_text(encoding="utf-8"))
+                elif isinstance(value, dict) and value.get("_type") == "image-file":
+                    out["images"][key] = files / value["path"]
         elif kind == "artifact":
             out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type})
+        elif kind == "exit":
+            out["exit_code"] = rec.exit.exit_code
     return out
+
+
+def read_offline_runs(root: str | os.PathLike) -> dict[str, dict]:
+    """Every offline run under ``root``, one per run id: a run resumed in several processes (one
+    ``offline-run-<time>-<id>`` directory each) is its latest part, as ``wandb sync`` leaves it."""
+    parts = sorted(Path(root).rglob("offline-run-*/run-*.wandb"),
+                   key=lambda p: (p.parent.name.split("-")[2], p.stat().st_mtime))  # offline-run-<time>-<id>
+    runs: dict[str, dict] = {}
+    for part in parts:  # the id from the directory name: a part cut short by a kill may hold no run record
+        runs[part.parent.name.rsplit("-", 1)[1]] = read_offline_run(part)
+    return runs
 
 
 def _wandb_records(path: Path) -> Iterator[Any]:

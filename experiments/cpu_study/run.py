@@ -38,6 +38,11 @@ METHODS = ["finetune", "sert", "rd", "sert_rd"]
 TEACHER = ["teacher=local", "teacher.model=qwen2.5-1.5b-instruct-offline",
            "teacher.batch_size=32"]  # batch size: speed only, not in the cache key
 SERT_PROMPT = "prompts.generate='Question: {question}. Answer:'"  # the SERT model's training prompt (II-B)
+# The jobs' W&B runs are committed: no host, user, command line, Python path, git or package list in them, no
+# system metrics (wandb.Settings x_disable_meta, x_disable_stats, x_disable_machine_info, disable_git, ...).
+NO_MACHINE_METADATA = {"WANDB__DISABLE_META": "true", "WANDB__DISABLE_STATS": "true",
+                       "WANDB__DISABLE_MACHINE_INFO": "true", "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
+                       "WANDB__SAVE_REQUIREMENTS": "false"}
 
 
 @dataclass
@@ -99,7 +104,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> bool:
     cell_dir = Path(args.out).resolve() / "cpu_study" / cell.name
     results = Path(args.results)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "SERT_OUTPUT_DIR": str(Path(args.out).resolve())}
+           "SERT_OUTPUT_DIR": str(Path(args.out).resolve()), **NO_MACHINE_METADATA}
     t0, load0, jobs = time.time(), os.getloadavg(), []
     print(f"[cpu_study] cell {cell.name}: {cell.what} (estimated {cell.minutes} min)", flush=True)
     for job in cell.jobs:
@@ -146,15 +151,15 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> bool:
 
 def copy_wandb_runs(cell_dir: Path, dest: Path) -> None:
     """Each job's W&B offline run (``<job>/wandb/offline-run-*``, the dashboard record: `wandb sync` uploads
-    it) next to its collected results; the newest one per job (a rerun of a finished job adds a new one)."""
+    it) next to its collected results; every part of it (a job run again after a kill or a failure continues
+    the same W&B run in a new ``offline-run-<time>-<id>`` directory)."""
     import shutil
 
     for job_dir in sorted(p for p in cell_dir.iterdir() if p.is_dir()):
-        runs = sorted((job_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
-        if runs:
-            target = dest / job_dir.name / "wandb" / runs[-1].name
+        for part in sorted((job_dir / "wandb").glob("offline-run-*")):
+            target = dest / job_dir.name / "wandb" / part.name
             if not target.exists():
-                shutil.copytree(runs[-1], target, ignore=shutil.ignore_patterns("*.log", "tmp", "cache"))
+                shutil.copytree(part, target, ignore=shutil.ignore_patterns("*.log", "tmp", "cache"))
 
 
 def done(cell: Cell, results: Path) -> bool:

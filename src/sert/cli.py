@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -75,7 +77,11 @@ class RunError(CompactHydraException):
 def is_user_error(err: BaseException) -> bool:
     """Errors about the user's input or setup, whose message names the problem: shown as one line.
     Anything else (a bug) keeps its traceback on the console."""
+    from sert.artifacts import is_disk_full
+
     if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    if is_disk_full(err):
         return True
     try:
         from sert.llm_client import FatalAPIError
@@ -86,6 +92,8 @@ def is_user_error(err: BaseException) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Checks the schema cannot express, made before anything loads."""
+    from sert.config.checks import check_values
+
     for key in ("dataset.limit", "evaluate.limit"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -95,6 +103,7 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None and value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value}")
     check_filters(cfg.filter)
+    check_values(cfg)
 
 
 def check_filters(f: DictConfig) -> None:
@@ -128,6 +137,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ctx.manifest.write()
     logger = None
     try:
+        ctx.manifest.reserve()
         check_config(cfg)
         log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
         pipeline = instantiate(cfg.stage, _convert_="all")
@@ -175,10 +185,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg, run_dir)
     except Exception as err:
+        from sert.artifacts import disk_full_message, is_disk_full
         from sert.pipeline import failed_step
 
         step = failed_step(err)
-        line = f"{f'[{step}] ' if step else ''}{type(err).__name__}: {err}"
+        what = disk_full_message(err, getattr(err, "sert_path", run_dir)) if is_disk_full(err) else \
+            f"{type(err).__name__}: {err}"
+        line = f"{f'[{step}] ' if step else ''}{what}"
         files = _log_to_files(f"job failed: {line}", err)
         where = f" (traceback in {files[0]})" if files else ""
         _jobs["failed"].append(f"{run_dir}: {line}")
@@ -191,15 +204,58 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("acc")
 
 
+ENV_REFERENCE = re.compile(r"\$\{oc\.env:[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def refuse_secret_overrides(argv: list[str]) -> None:
+    """Stop before Hydra writes anything when an override carries a secret (``+teacher.api_key=sk-...``).
+
+    Hydra copies every override into the run's ``.hydra/*.yaml`` and, in a sweep, into job directory
+    names, logs and the W&B files; redacting all of those afterwards is fragile, so the key never gets
+    in. Keys are read from environment variables (``teacher.api_key_env=VAR``); a secret-named key may be
+    given as an environment reference (``+x.api_key=${oc.env:VAR}``), which Hydra stores unresolved."""
+    from sert.redaction import is_secret_arg, is_secret_value, redact_argv
+
+    for arg in argv:
+        value = arg.partition("=")[2]
+        if arg.startswith("-") or not is_secret_arg(arg):
+            continue
+        if ENV_REFERENCE.fullmatch(value) and not is_secret_value(value):
+            continue
+        raise SystemExit(
+            f"sert: refusing the override {redact_argv([arg])[0]}: a secret on the command line would be written "
+            "to the run's .hydra files, job names and logs; put it in an environment variable and pass its name "
+            "(teacher.api_key_env=VAR, judge.api_key_env=VAR) or reference it as ${oc.env:VAR}. Nothing was run.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): handled like Ctrl-C, so run.json says ``failed``."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
 def main() -> None:
-    """``sert``: Hydra's entry point; a multirun with failed jobs lists them at the end (exit status 1)."""
+    """``sert``: Hydra's entry point; a multirun with failed jobs lists them at the end (exit status 1).
+    SIGTERM stops the run like Ctrl-C (run.json ``failed``), then the process ends by that signal."""
+    refuse_secret_overrides(sys.argv[1:])
+    logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per record
+    signal.signal(signal.SIGTERM, _terminate)
+    terminated = False
     try:
         _hydra_main()
+    except Terminated:
+        terminated = True
+        sys.stderr.write("sert: terminated (SIGTERM); the run is marked failed in its run.json\n")
     finally:
         failed = _jobs["failed"]
         if failed and _jobs["multirun"]:
             sys.stderr.write(f"{len(failed)} sweep job(s) failed (status \"failed\" in their run.json):\n"
                              + "".join(f"  {j}\n" for j in failed))
+    if terminated:  # end by the signal, as a process without the handler would (exit status 143 / -15)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

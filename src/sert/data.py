@@ -139,7 +139,7 @@ def load_local(path: str | Path, split: str, split_file: str | Path | None, on_e
     report = LoadReport(source=str(path))
     if path.suffix == ".jsonl":
         rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -175,6 +175,15 @@ def _read_json(path: str | Path) -> Any:
     try:
         return read_json(path)
     except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def _read_text(path: str | Path) -> str:
+    from sert.artifacts import read_text
+
+    try:
+        return read_text(path)
+    except ValueError as e:  # not UTF-8: the message names the file
         raise DataError(str(e)) from None
 
 

@@ -12,6 +12,7 @@ of an irrelevant knob reuses the artifact and a relevant one rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import platform
@@ -129,11 +130,17 @@ class Context:
         """Rank 0 (or the only process): under the entry's lock, reuse it if complete, else build it."""
         key = entry.key
         with entry.lock():
-            hit = distributed.broadcast(entry.complete)
+            hit = entry.complete
             if hit:
-                rec = entry.record()
+                damage = entry.problem(OmegaConf.select(self.cfg, "paths.verify", default="fast"))
+                if damage is not None:
+                    log.warning("[%s] cache entry %s is damaged (%s): deleting it and building it again",
+                                step, entry.dir, damage)
+                    entry.discard()
+                    hit = False
+            if distributed.broadcast(hit):
                 log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
-                return StepOutput(step, key, entry.dir, rec["summary"], cached=True)
+                return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
             left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
             if left:
@@ -141,7 +148,12 @@ class Context:
             else:
                 log.info("[%s] computing into %s", step, entry.dir)
             start = time.perf_counter()
-            summary = build(entry.dir) or {}
+            try:
+                summary = build(entry.dir) or {}
+            except OSError as err:  # e.g. a full disk: leave what is finished (the rerun resumes), free the rest
+                entry.remove_temp_files()
+                err.sert_path = str(entry.dir)  # type: ignore[attr-defined] - where, when the error does not say
+                raise
             seconds = time.perf_counter() - start
             summary = {**summary, "seconds": round(seconds, 3)}
             entry.finish(summary, material)
@@ -230,14 +242,39 @@ class Manifest:
         self.finished: float | None = None
         self.status = "running"  # running -> ok | failed; a killed job stays "running" with no finished time
         self.error: dict | None = None
+        self.wandb: dict | None = None  # the W&B run of this job (project, entity, group, id), set by the logger
         self.listeners: list[Callable[[StepOutput], None]] = []  # e.g. the W&B logger
 
+    RESERVE = ".run.json.reserve"  # space held for the final run.json (a full disk must not hide the error)
+    RESERVE_BYTES = 256 << 10
+
+    def reserve(self) -> None:
+        """Hold a little disk space beside run.json, given back when the job ends."""
+        with contextlib.suppress(OSError), open(self.ctx.run_dir / self.RESERVE, "wb") as f:
+            f.write(bytes(self.RESERVE_BYTES))
+
     def finish(self, status: str, err: BaseException | None = None) -> Path:
-        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running."""
+        """Record the job's end: ``ok``, or ``failed`` with the error and the step that was running.
+
+        On a full disk the reserved space is given back and the write retried; if run.json still cannot
+        be written, a failed job says so in the log and its own error is what the caller raises."""
         self.status, self.finished = status, time.time()
         if err is not None:
             self.error = {"type": type(err).__name__, "message": str(err), "step": failed_step(err)}
-        return self.write()
+        reserve = self.ctx.run_dir / self.RESERVE
+        try:
+            return self.write()
+        except OSError:
+            reserve.unlink(missing_ok=True)  # give the held space back and try once more
+            try:
+                return self.write()
+            except OSError as again:
+                if err is None:
+                    raise
+                log.error("could not record the failure in %s (%s)", self.ctx.run_dir / "run.json", again)
+                return self.ctx.run_dir / "run.json"
+        finally:
+            reserve.unlink(missing_ok=True)
 
     def add(self, out: StepOutput) -> None:
         if not distributed.is_main():  # run.json, links and trackers are rank 0's
@@ -263,6 +300,7 @@ class Manifest:
             "stage": cfg.stage.name,
             "status": self.status,
             "error": self.error,
+            **({"wandb": self.wandb} if self.wandb else {}),
             "overrides": redact_argv(overrides()),
             "started": _iso(self.started),
             "finished": _iso(self.finished),

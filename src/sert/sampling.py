@@ -86,11 +86,12 @@ def sample_tokens(logits: torch.Tensor, top_k: int, top_p: float, temperature: f
 
     With top-k set, only the k largest logits are touched (``torch.topk``, no full-vocabulary sort):
     top-p is applied within them and the draw walks the kept ids in ascending id order, which is the
-    full-vocabulary CDF with the zero-probability ids left out, i.e. the same token for the same ``u``."""
+    full-vocabulary CDF with the zero-probability ids left out, i.e. the same token for the same ``u``.
+    ``logits`` may be bf16: the top-k ids and values are exact in it, only the k kept values are cast to fp32."""
     if not 0 < top_k < logits.shape[-1]:
-        return inverse_cdf(warp(logits, top_k, top_p, temperature), u)
-    vals, idx = torch.topk(logits / temperature, top_k, dim=-1)  # sorted, largest first
-    probs = vals.softmax(-1)
+        return inverse_cdf(warp(logits.float(), top_k, top_p, temperature), u)
+    vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, largest first; bf16 logits: the same ids as in fp32
+    probs = (vals.float() / temperature).softmax(-1)
     if top_p < 1.0:
         probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
     idx, order = idx.sort(-1)  # back to vocabulary order for the draw
@@ -203,10 +204,11 @@ def sample_batch(model, tok, prompts: list[str], qids: list[str], spec: Sampling
         out = model(input_ids=tokens[rows][:, None], attention_mask=mask[:, :width], position_ids=next_pos[:, None],
                     cache=cache, use_cache=True)
         cache, next_pos = out.cache, next_pos + 1
-        logits = out.logits[:, -1].float()
+        logits = out.logits[:, -1]  # the model's dtype: top-k needs no fp32 copy of (rows, V)
         u = torch.stack([torch.rand(P, generator=g) for g in gens]).reshape(-1).to(device)  # one per path, always
         step_tok = sample_tokens(logits, spec.top_k, spec.top_p, spec.temperature, u[rows])
-        step_lp = logits.gather(1, step_tok[:, None]).squeeze(1) - logits.logsumexp(-1)  # raw log p, no (rows, V) copy
+        # raw log p in fp32 (logsumexp over the whole vocabulary)
+        step_lp = logits.gather(1, step_tok[:, None]).squeeze(1).float() - logits.float().logsumexp(-1)
         live = ~done[rows]
         tokens = torch.full((R,), eos, dtype=torch.long, device=device)
         tokens[rows[live]] = step_tok[live]

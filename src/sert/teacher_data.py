@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from sert.artifacts import read_text
 from sert.data import Record
 
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.{0,60})", re.I)
@@ -70,7 +71,7 @@ def read_teacher_input(path: str | Path) -> list[dict]:
 
     A file in neither format is one clear error."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # not UTF-8: ValueError naming the file
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:

@@ -4,11 +4,18 @@
 other group swept in a multirun, e.g. ``/filter=pattern``), group = ``experiment_name`` (``<name>_<profile>``
 under a profile: ``experiment=table2 profile=cpu`` -> ``table2_cpu``) or the multirun's sweep directory (a sweep
 is one group), tags ``model:…``, ``dataset:…``, ``stage:…``, ``filter:…``, and the
-resolved config with secrets redacted. Per step it logs the summary metrics as ``<step>/<name>`` scalars
-(``eval/acc``, ``filter/pattern/kept``, ``filter/kept_after_rep2``, ``generate/tokens_per_s``,
+resolved config with secrets redacted, plus top-level scalar columns to group the runs table by
+(``config_columns``: method, model_name, dataset_name, seed, filter_preset, filters, trainer_name and the
+resolved dtype_generate, dtype_train, dtype_evaluate). Per step it logs the summary metrics as
+``<step>/<name>`` scalars (``eval/acc``, ``filter/pattern/kept``, ``filter/kept_after_rep2``, ``generate/tokens_per_s``,
 ``judge/overall``) into both history and ``run.summary`` (so the runs table compares them side by side),
 the filter funnel, predictions and selected paths as ``wandb.Table``s, judge bin distributions as
 tables and histograms, and ``run.json`` as a ``manifest`` artifact at the end.
+
+A job that fails (an exception, Ctrl-C, SIGTERM) ends its run with exit code 1, the tag ``status:failed`` and
+``status``, ``error/type``, ``error/step``, ``error/message`` in the summary (as in run.json). A job run again in
+the same directory (a killed or failed job started again) continues the W&B run of that directory
+(``resume="allow"`` with the id found under ``<run_dir>/wandb``), so it stays one run, finished once it succeeds.
 
 Training loss curves: ``trainer.report_to: ${logger.report_to}`` makes the HF Trainer's WandbCallback
 log into the run this logger started (it reuses an active ``wandb.run``).
@@ -103,6 +110,40 @@ def hydra_job() -> tuple[list[str], str | None]:
         return [], None
 
 
+def config_columns(cfg: Any, ch: dict) -> dict[str, Any]:
+    """Top-level scalar config keys to group and filter the W&B runs table by, beside the nested config:
+    the method (stage), model, dataset, seed, filter chain, trainer, and the compute dtype of generation,
+    training and evaluation as resolved on this machine (``auto`` -> bfloat16 or float32)."""
+    cols = {"method": str(cfg.stage.name), "model_name": str(cfg.model.name), "dataset_name": str(cfg.dataset.name),
+            "seed": cfg.seed, "filter_preset": ch.get("filter"),
+            "filters": " > ".join(str(f) for f in cfg.filter.order) or "none",
+            "trainer_name": ch.get("trainer") or cfg.trainer.get("name")}
+    try:
+        from omegaconf import OmegaConf
+
+        from sert.hardware import canonical_dtype, resolve_dtype
+        from sert.models import resolve_device
+        from sert.training.base import resolve_precision
+
+        device = resolve_device(cfg.device)
+        knob = lambda node: OmegaConf.to_container(node, enum_to_str=True)  # noqa: E731
+        cols["dtype_generate"] = resolve_dtype(knob(cfg.generation)["dtype"], device)
+        cols["dtype_train"] = canonical_dtype(resolve_precision(knob(cfg.trainer)["precision"], device))
+        cols["dtype_evaluate"] = resolve_dtype(knob(cfg.evaluate)["dtype"], device)
+    except Exception as e:  # noqa: BLE001 - a bad dtype fails the step that uses it, with its own message
+        log.debug("config columns: dtype not resolved (%s)", e)
+    return cols
+
+
+def job_run_id(run_dir: Path) -> str:
+    """The W&B run id of the job in ``run_dir``: the id of a run it already made (``wandb/[offline-]run-<time>-<id>``:
+    the job is being run again after a kill or a failure), else a new one."""
+    import uuid
+
+    earlier = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return earlier[-1].name.rsplit("-", 1)[-1] if earlier else uuid.uuid4().hex[:12]
+
+
 def step_metrics(out: StepOutput) -> dict[str, float]:
     """The step's scalar metrics as ``<step>/<name>`` (names already containing ``/`` are kept)."""
     prefix = PREFIX.get(out.step, out.step)
@@ -141,6 +182,7 @@ class WandbLogger:
         self.console, self.init_timeout, self.report_to = console, init_timeout, report_to
         self.run: Any = None
         self.ctx: Context | None = None
+        self.columns: dict[str, Any] = {}  # config_columns of this job
         self._env_before: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -167,13 +209,16 @@ class WandbLogger:
             from sert.redaction import redact_argv
 
             sys.argv = redact_argv(argv)  # W&B records the command line in the run's metadata
+            self.columns = config_columns(cfg, ch)
+            config = {**redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)), **self.columns}
             self.run = wandb.init(
                 project=self.project, entity=self.entity, mode=mode, name=name, group=group,
                 job_type=str(cfg.stage.name), tags=run_tags(ch, fallback, self.tags), notes=self.notes,
-                config=redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
-                dir=str(ctx.run_dir), reinit="finish_previous",
+                config=config, dir=str(ctx.run_dir), reinit="finish_previous",
+                id=job_run_id(ctx.run_dir), resume="allow",
                 settings=wandb.Settings(console=self.console, init_timeout=self.init_timeout),
             )
+            ctx.manifest.wandb = {"project": self.project, "entity": self.entity, "group": group, "id": self.run.id}
             log.info("W&B run %s (%s, group %s, mode %s) in %s", name, self.run.id, group, mode, ctx.run_dir / "wandb")
         except Exception as e:  # noqa: BLE001 - any W&B failure must leave the experiment running
             self._give_up("wandb.init", e)
@@ -197,6 +242,7 @@ class WandbLogger:
         failed = sys.exc_info()[0] is not None  # called from cli.run's finally: did the run crash?
         try:
             if self.run is not None:
+                self._log_status(failed)
                 if self.log_manifest and self.ctx is not None:
                     self._log_manifest()
                 self.run.finish(exit_code=1 if failed else 0)
@@ -208,6 +254,26 @@ class WandbLogger:
             self._restore_env()
 
     # -- content -----------------------------------------------------------------
+    def _log_status(self, failed: bool) -> None:
+        """``status`` (ok | failed) in the summary; a failed job also gets the ``status:failed`` tag and its
+        error (type, step, message: what run.json says). The config columns are set again: the HF Trainer's
+        callback writes its own ``seed`` ... into the same config during training."""
+        if self.columns:
+            self.run.config.update(self.columns, allow_val_change=True)
+        tags = [t for t in self.run.tags if t != "status:failed"]  # a resumed job may have failed before
+        self.run.summary["status"] = "failed" if failed else "ok"
+        if not failed:  # a resumed run keeps the summary of its failed attempt: drop that error
+            for key in [k for k in self.run.summary.keys() if k.startswith("error/")]:
+                del self.run.summary[key]
+        else:
+            tags.append("status:failed")
+            error = (self.ctx.manifest.error if self.ctx is not None else None) or {}
+            message = str(error.get("message") or "")
+            self.run.summary.update({"error/type": error.get("type") or "?", "error/step": error.get("step") or "",
+                                     "error/message": message[:2000]})
+        if tuple(tags) != tuple(self.run.tags):
+            self.run.tags = tuple(tags)
+
     def _step_media(self, out: StepOutput) -> dict[str, Any]:
         import wandb
 

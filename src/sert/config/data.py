@@ -14,6 +14,11 @@ class OnError(str, Enum):
     fail = "fail"  # stop the run at the first malformed row
 
 
+class Verify(str, Enum):
+    fast = "fast"  # a cache hit checks every file's size and the sha256 of files up to 64 MiB
+    full = "full"  # ... and the sha256 of every file (the model weights too)
+
+
 class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -61,3 +66,4 @@ class PathsConfig:
     output_dir: str = "outputs"  # runs under <output_dir>/runs, sweeps under /multiruns
     cache_dir: str = "outputs/cache"  # content-addressed stage cache: <cache_dir>/<step>/<key>/
     shared_dir: str = "../shared"  # real data + tokenizer (see README)
+    verify: Verify = Verify.fast  # what a cache hit checks against COMPLETE.json before serving (docs/reliability.md)

@@ -18,16 +18,17 @@ and writes ``DIR/report.md``:
 Cells without a run are shown as ``—``, never filled. Method = the run's ``stage`` (finetune, sert, rd,
 sert_rd), model = ``choices["model"]``, dataset = ``choices["dataset"]``, seed = ``config.seed``; a seed run
 twice counts once (the newest ``run.json``), and the report says so.
+``sert-report DIR --wandb`` also logs the report's tables and figures as one W&B run (``wandb_run``).
 ``sert-report DIR --collect DEST`` first copies the small results of every run into DEST (``collect``), so a
 study's report regenerates from committed files alone, without checkpoints or the cache.
 
 Modules: ``runs`` (reading run.json and step files), ``stats`` (bootstrap CIs), ``tables`` (Table II, its
 additions, failures, filter funnel), ``survival`` (Figure 1 from the filter chain), ``judge_tables``,
-``figures`` (PNGs), ``collect``, ``build`` (the report) and ``cli`` (``sert-report``); ``names`` holds the
-paper's names, orders and numbers.
+``figures`` (PNGs), ``collect``, ``build`` (the report), ``wandb_run`` (the report as a W&B run) and ``cli``
+(``sert-report``); ``names`` holds the paper's names, orders and numbers.
 """
 
-from sert.report.build import build_report
+from sert.report.build import Report, build_report, make_report
 from sert.report.cli import main
 from sert.report.collect import COLLECT_FILES, collect
 from sert.report.names import DATASET_NAMES, MISSING, PAPER_TABLE2
@@ -36,6 +37,6 @@ from sert.report.stats import Estimate, Options, bootstrap, estimate, fmt_estima
 from sert.report.survival import survival_rows, survival_shares
 from sert.report.tables import table2
 
-__all__ = ["COLLECT_FILES", "DATASET_NAMES", "MISSING", "PAPER_TABLE2", "Estimate", "Options", "Run", "bootstrap",
-           "build_report", "collect", "estimate", "find_runs", "fmt_estimate", "main", "survival_rows",
-           "survival_shares", "table2"]
+__all__ = ["COLLECT_FILES", "DATASET_NAMES", "MISSING", "PAPER_TABLE2", "Estimate", "Options", "Report", "Run",
+           "bootstrap", "build_report", "collect", "estimate", "find_runs", "fmt_estimate", "main", "make_report",
+           "survival_rows", "survival_shares", "table2"]

@@ -65,7 +65,19 @@ def paper_cell(model: str, method: str, dataset: str) -> str:
     return " / ".join(MISSING if v is None else f"{v:.2f}" for v in ref)
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+class MdTable(str):
+    """A markdown table (a ``str``) that keeps its header and rows, for ``wandb.Table``."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+    def __new__(cls, header: list[str], rows: list[list[str]]) -> MdTable:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        table = super().__new__(cls, "\n".join(lines))
+        table.header, table.rows = list(header), [list(r) for r in rows]
+        return table
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> MdTable:
+    return MdTable(header, rows)

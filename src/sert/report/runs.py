@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import defaultdict
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sert.artifacts import check_file, read_json, read_jsonl
 from sert.report.names import method_name, model_name
 
 
@@ -25,6 +25,7 @@ class Run:
     steps: dict[str, dict] = field(default_factory=dict)  # step name -> manifest entry
     status: str = "ok"  # run.json "status": running | ok | failed (manifests without it count as ok)
     error: dict | None = None  # {"type", "message", "step"} of a failed run
+    wandb: dict | None = None  # {"project", "entity", "group", "id"} of the run's W&B run, when it logged one
     rel: str = ""  # the run dir relative to the report's root (printed instead of absolute paths)
     _predictions: list[dict] | None = field(default=None, repr=False, compare=False)  # read once
 
@@ -47,15 +48,16 @@ class Run:
         return self.json("teacher", "teacher_summary.json") or self.steps["teacher"].get("summary")
 
     def file(self, step: str, name: str) -> Path | None:
-        """A step's artifact: through the run dir's symlink, else the cache dir recorded in the manifest."""
+        """A step's artifact: through the run dir's symlink, else the cache dir recorded in the manifest.
+        A cached file that no longer matches its entry's record raises ``ValueError`` naming it."""
         for base in (self.dir / step, Path(self.steps.get(step, {}).get("dir", "/nonexistent"))):
             if (base / name).is_file():
-                return base / name
+                return check_file(base / name)
         return None
 
     def json(self, step: str, name: str) -> dict | None:
         path = self.file(step, name)
-        return json.loads(path.read_text(encoding="utf-8")) if path else None
+        return read_json(path) if path else None
 
     def eval_metrics(self) -> dict | None:
         if "evaluate" not in self.steps:
@@ -96,11 +98,12 @@ class Run:
 
 
 def read_jsonl_file(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)  # a malformed line: ValueError naming the file and line
 
 
-def find_runs(root: str | os.PathLike) -> list[Run]:
-    """Every run.json under ``root`` (not following symlinks, so cache entries are not walked twice)."""
+def find_runs(root: str | os.PathLike, skipped: list[str] | None = None) -> list[Run]:
+    """Every run.json under ``root`` (not following symlinks, so cache entries are not walked twice). One that
+    cannot be read is left out with a warning, and ``"<path>: <why>"`` is appended to ``skipped``."""
     runs = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if d not in ("wandb", ".hydra", "cache")]
@@ -110,13 +113,16 @@ def find_runs(root: str | os.PathLike) -> list[Run]:
                 run = _read_run(path)
                 run.rel = os.path.relpath(dirpath, root)
                 runs.append(run)
-            except (OSError, ValueError, KeyError) as e:
-                print(f"sert-report: skipping {path}: {e}", file=sys.stderr)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"  # read_json's messages start with the file
+                print(f"sert-report: skipping {msg}", file=sys.stderr)
+                if skipped is not None:
+                    skipped.append(os.path.relpath(path, root) + msg[len(str(path)):])
     return runs
 
 
 def _read_run(path: Path) -> Run:
-    m = json.loads(path.read_text(encoding="utf-8"))
+    m = read_json(path)
     cfg, ch = m.get("config") or {}, m.get("choices") or {}
     return Run(
         dir=path.parent, stage=m.get("stage") or cfg.get("stage", {}).get("name", "?"),
@@ -124,7 +130,7 @@ def _read_run(path: Path) -> Run:
         dataset=ch.get("dataset") or cfg.get("dataset", {}).get("name", "?"),
         choices=ch, config=cfg, mtime=path.stat().st_mtime,
         steps={s["step"]: s for s in m.get("steps", [])},
-        status=str(m.get("status") or "ok"), error=m.get("error"),
+        status=str(m.get("status") or "ok"), error=m.get("error"), wandb=m.get("wandb"),
     )
 
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
+from sert.artifacts import read_json
 from sert.report.names import (DATASETS, FILTER_ORDER, METHODS, METRICS, MISSING, MODELS, PAPER_TEACHER,
                                dataset_name, md_table, method_name, model_name, ordered, paper_cell, rank_in)
 from sert.report.runs import Run, per_seed_runs
@@ -225,7 +225,7 @@ def cell_failures(root: Path) -> str | None:
     """Study cells whose driver run had a failing job (``CELL.failed.json``)."""
     rows = []
     for path in sorted(root.rglob("CELL.failed.json")):
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = read_json(path)
         bad = [j for j in rec.get("jobs", []) if j.get("returncode") != 0]
         why = {id(j): "skipped" if j.get("returncode") is None else f"exit {j['returncode']}" for j in bad}
         rows.append([str(rec.get("cell", path.parent.name)), rec.get("finished", MISSING),
@@ -256,7 +256,7 @@ def funnel_table(runs: list[Run]) -> str:
     if not seen:
         return "No filter steps under this directory."
     rows = []
-    for run in sorted(seen.values(), key=lambda r: (r.model, r.dataset, rank_in(r.filter, FILTER_ORDER))):
+    for run in sorted(seen.values(), key=lambda r: (r.model, r.dataset, rank_in(r.filter, FILTER_ORDER), r.rel)):
         st = run.filter_stats() or {}
         steps = " → ".join(f"{f['filter']} {f['kept']} ({f.get('questions_with_path', MISSING)} q)"
                            for f in st.get("funnel", [])) or "(no filters)"

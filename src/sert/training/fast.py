@@ -41,17 +41,19 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                chunk_rows: int) -> torch.Tensor:
+                chunk_rows: int, grads: bool = True) -> torch.Tensor:
         n = hidden.shape[0]
         w = weight.to(dtype)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_hidden = torch.empty_like(hidden) if grads and ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if grads and ctx.needs_input_grad[1] else None
         total = hidden.new_zeros((), dtype=torch.float32)
         for s in range(0, n, chunk_rows):
             h, t = hidden[s:s + chunk_rows].to(dtype), targets[s:s + chunk_rows]
             logits = (h @ w.T).float()
             lse = logits.logsumexp(-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
             # d(mean loss)/d(logits) = (softmax - onehot) / n, in place over the chunk's logits
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
@@ -69,7 +71,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = grad_hidden * grad_out if grad_hidden is not None else None
         gw = (grad_weight * grad_out).to(ctx.weight_dtype) if grad_weight is not None else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 def fast_loss_supported(model) -> bool:
@@ -104,7 +106,7 @@ def causal_lm_loss(model, batch: dict, *, fast: bool = True, chunk_rows: int = 1
     weight = model.get_output_embeddings().weight
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else weight.dtype
     with torch.autocast(h.device.type, enabled=False):
-        return LinearCrossEntropy.apply(h, weight, labels[where], dtype, chunk_rows)
+        return LinearCrossEntropy.apply(h, weight, labels[where], dtype, chunk_rows, torch.is_grad_enabled())
 
 
 def compile_blocks(model) -> int:
