@@ -284,13 +284,10 @@ class CacheEntry:
     def lock(self) -> Iterator[None]:
         """Exclusive inter-process lock: two jobs needing the same entry never build it twice at once.
 
-        Ranks of one distributed job (torchrun / accelerate set ``RANK``) must build together (a
-        training step is one collective computation), so the lock is per rank: it still excludes
-        other jobs' same-rank processes."""
+        In a job of several processes only rank 0 builds under the lock; the other ranks take it
+        afterwards to wait for rank 0's result (``sert.pipeline.Context.cached``)."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        rank = os.environ.get("RANK", "0")
-        suffix = "" if rank == "0" else f".rank{rank}"
-        with open(self.dir.parent / f".{self.key}.lock{suffix}", "w") as f:
+        with open(self.dir.parent / f".{self.key}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

@@ -56,6 +56,10 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer (the first N records) or null (all), got {value!r}")
+    for key in ("trainer.batch_size", "evaluate.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value}")
     check_filters(cfg.filter)
     check_values(cfg)
 
@@ -124,9 +128,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     then ``ok``, or ``failed`` with the error and the step that raised it."""
     from transformers import set_seed
 
+    from sert import distributed
+    from sert.models import resolve_device
     from sert.pipeline import Context
 
     quiet_third_party()
+    distributed.setup(resolve_device(cfg.device))  # a run of several processes: join its group
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, run_dir)
@@ -137,7 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         check_config(cfg)
         log.info("Instantiating stage <%s> %s", cfg.stage._target_, list(cfg.stage.steps))
         pipeline = instantiate(cfg.stage, _convert_="all")
-        logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else None
+        logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") and distributed.is_main() else None
         if logger is not None:
             logger.start(ctx)
             ctx.manifest.listeners.append(logger.log_step)

@@ -58,6 +58,11 @@ def register_resolvers() -> None:
     # ${sert.dirname:${hydra.job.override_dirname}} -> a job dir name that stays under the 255-byte limit
     if not OmegaConf.has_resolver("sert.dirname"):
         OmegaConf.register_new_resolver("sert.dirname", short_dirname)
+    # ${sert.rank_suffix:} -> "" on rank 0 (or one process), "-rank<N>" on rank N of a distributed run: the other
+    # ranks' Hydra dirs (their logs) sit beside rank 0's run dir
+    if not OmegaConf.has_resolver("sert.rank_suffix"):
+        OmegaConf.register_new_resolver("sert.rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"
+                                        else f"-rank{os.environ['RANK']}")
     # ${sert.abspath:outputs} -> absolute path (cache paths must not depend on a job's cwd)
     if not OmegaConf.has_resolver("sert.abspath"):
         OmegaConf.register_new_resolver("sert.abspath", lambda p: str(Path(p).expanduser().resolve()))

@@ -1,5 +1,6 @@
 """Fault injection for kill tests: ``SERT_KILL_AT=<point>:<n>`` SIGKILLs the process the n-th time
-the named point is reached (e.g. ``generate.batch_saved:2``, ``train.checkpoint_saved:1``).
+the named point is reached (e.g. ``generate.batch_saved:2``, ``train.checkpoint_saved:1``); in a run of
+several processes ``SERT_KILL_RANK=<r>`` limits it to rank ``r``.
 
 Production code marks its durable moments with ``reached("<point>")``; without the environment
 variable this is a dictionary lookup and nothing else. The tests use it to kill a real ``sert``
@@ -28,7 +29,7 @@ def _due(var: str, point: str) -> bool:
     name, _, count = spec.rpartition(":")
     if not name:
         name, count = count, "1"
-    if name != point:
+    if name != point or os.environ.get("SERT_KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return False
     _hits[(var, point)] += 1
     return _hits[(var, point)] == int(count)

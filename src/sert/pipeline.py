@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sert import faults, hardware
+from sert import distributed, faults, hardware
 from sert.artifacts import ArtifactStore, stable_hash, write_json, write_jsonl
 from sert.config.data import DatasetConfig, ModelConfig, OnError
 from sert.data import Record, load_records
@@ -105,23 +105,42 @@ class Context:
         self.manifest.add(out)
         return out
 
-    def cached(self, step: str, material: Any, inputs: list[StepOutput | Dataset], build: Callable[[Path], dict]) -> StepOutput:
+    def cached(self, step: str, material: Any, inputs: list[StepOutput | Dataset], build: Callable[[Path], dict],
+               *, all_ranks: bool = False) -> StepOutput:
         """Return the cached artifact of ``step`` for this config, building it with ``build(dir)`` if needed.
 
         ``build`` writes its files into ``dir`` (atomically, file by file) and returns a JSON-able summary.
         A killed build leaves the directory without its completion marker; the next call re-enters it,
-        so a build may resume from files it finds there."""
+        so a build may resume from files it finds there.
+
+        In a run of several processes (``sert.distributed``) rank 0 decides hit or build and writes the
+        marker; ``build`` runs on rank 0 only, or on every rank with ``all_ranks`` (training: then only
+        rank 0 may write files). The other ranks then wait for the entry's lock (no time limit) and read rank
+        0's record; a barrier then lets rank 0 go on (it must not take the lock again before they read)."""
         key = stable_hash({"step": step, "material": material, "inputs": [i.key for i in inputs]})
         entry = self.store.entry(step, key)
+        if not distributed.is_main():
+            out = self._follow(step, entry, build if all_ranks else None)
+        else:
+            out = self._build_or_reuse(step, entry, material, build)
+        distributed.barrier()
+        return out
+
+    def _build_or_reuse(self, step: str, entry, material: Any, build: Callable[[Path], dict]) -> StepOutput:
+        """Rank 0 (or the only process): under the entry's lock, reuse it if complete, else build it."""
+        key = entry.key
         with entry.lock():
-            if entry.complete:
+            hit = entry.complete
+            if hit:
                 damage = entry.problem(OmegaConf.select(self.cfg, "paths.verify", default="fast"))
-                if damage is None:
-                    log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
-                    return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
-                log.warning("[%s] cache entry %s is damaged (%s): deleting it and building it again",
-                            step, entry.dir, damage)
-                entry.discard()
+                if damage is not None:
+                    log.warning("[%s] cache entry %s is damaged (%s): deleting it and building it again",
+                                step, entry.dir, damage)
+                    entry.discard()
+                    hit = False
+            if distributed.broadcast(hit):
+                log.info("[%s] cache hit %s — reusing %s", step, key, entry.dir)
+                return StepOutput(step, key, entry.dir, entry.record()["summary"], cached=True)
             left = entry.partial_files()  # an interrupted build's files (the build resumes from them)
             entry.dir.mkdir(parents=True, exist_ok=True)
             if left:
@@ -139,6 +158,20 @@ class Context:
             summary = {**summary, "seconds": round(seconds, 3)}
             entry.finish(summary, material)
         return StepOutput(step, key, entry.dir, summary, cached=False, seconds=seconds)
+
+    def _follow(self, step: str, entry, build: Callable[[Path], dict] | None) -> StepOutput:
+        """A rank other than 0: take rank 0's decision, build along if asked, then read its record."""
+        hit = distributed.broadcast(None)
+        start = time.perf_counter()
+        if not hit and build is not None:
+            entry.dir.mkdir(parents=True, exist_ok=True)
+            build(entry.dir)
+        with entry.lock():  # rank 0 holds it until the entry is complete (or its build failed)
+            if not entry.complete:
+                raise RuntimeError(f"[{step}] rank 0 did not complete {entry.dir} (see rank 0's log)")
+            rec = entry.record()
+        return StepOutput(step, entry.key, entry.dir, rec["summary"], cached=hit,
+                          seconds=0.0 if hit else time.perf_counter() - start)
 
     # -- data ------------------------------------------------------------------
     def dataset(self, split: str | None = None, limit: int | None | str = "config") -> Dataset:
@@ -244,6 +277,8 @@ class Manifest:
             reserve.unlink(missing_ok=True)
 
     def add(self, out: StepOutput) -> None:
+        if not distributed.is_main():  # run.json, links and trackers are rank 0's
+            return
         files = sorted(str(p.relative_to(out.dir)) for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         self.steps.append({"step": out.step, "key": out.key, "cached": out.cached, "dir": str(out.dir),
                            "files": files, "seconds": round(out.seconds, 3), "summary": out.summary})
@@ -255,9 +290,11 @@ class Manifest:
         for listener in self.listeners:
             listener(out)
 
-    def write(self) -> Path:
+    def write(self) -> Path | None:
         from sert.redaction import redact, redact_argv
 
+        if not distributed.is_main():
+            return None
         cfg = self.ctx.cfg
         return write_json(self.ctx.run_dir / "run.json", {
             "stage": cfg.stage.name,
@@ -273,6 +310,7 @@ class Manifest:
             "steps": self.steps,
             "wall_seconds": round((self.finished or time.time()) - self.started, 3),
             "hardware": hardware.describe(),
+            "processes": distributed.world_size(),
             "versions": versions(),
             "git_commit": git_commit(),
             "command": redact_argv(sys.argv),

@@ -26,6 +26,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sert import distributed
 from sert.artifacts import COMPLETE, file_hash, write_json, write_jsonl
 from sert.config.api import TeacherConfig
 from sert.pipeline import Context, StepOutput
@@ -64,7 +65,8 @@ def run(ctx: Context) -> StepOutput:
     out = ctx.cached("teacher", material, [ds], build)
     if out.cached and out.summary.get("failed") and t.retry_failed and not t.input:
         log.info("[teacher] cached entry has %d failed calls: retrying only those", out.summary["failed"])
-        (out.dir / COMPLETE).unlink()
+        if distributed.is_main():  # rank 0 rebuilds; the other ranks wait for it in ctx.cached
+            (out.dir / COMPLETE).unlink()
         out = ctx.cached("teacher", material, [ds], build)
     s = out.summary
     speed = s.get("this_run", {}) if not out.cached else {}

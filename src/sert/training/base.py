@@ -94,6 +94,7 @@ class BaseTrainer:
     of the trainer's settings (a trainer with knobs of its own names its ``TrainerConfig`` subclass)."""
 
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
+    distributed: ClassVar[bool] = False  # trains under torchrun/accelerate (several processes, DDP)
 
     def __init__(self, config: TrainerConfig | None = None, **overrides: Any):
         cfg = replace(config or self.config_class(), **overrides)

@@ -44,7 +44,7 @@ class TrainerConfig:
     name: str = "sft"
     epochs: float = 20.0  # III-A: "trained ... for 20 epochs"
     max_steps: int = -1  # > 0 overrides epochs (smoke tests)
-    batch_size: int = 8  # III-A: "batch size of 8" (per device; effective = batch_size * grad_accum * devices)
+    batch_size: int = 8  # III-A: "batch size of 8" (global: N processes take batch_size/N rows each; x grad_accum)
     lr: float = 3e-4  # III-A: "Adam optimizer with a learning rate of 3e-4"
     optimizer: str = "adamw_torch"  # III-A says Adam: AdamW with weight_decay 0 *is* Adam
     weight_decay: float = 0.0  # 0 = plain Adam (III-A)

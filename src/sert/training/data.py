@@ -11,6 +11,7 @@ The collator only pads (pad id for inputs, 0 for the attention mask, -100 for la
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -122,3 +123,48 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, *, gr
     if group:
         rng.shuffle(batches)
     return batches
+
+
+class RankBatches:
+    """One process's share of each global batch, for ``batch_sampler=`` of a DataLoader (``trainer=sft``).
+
+    The global batches are ``length_grouped_batches(lengths, batch_size, seed + epoch)``: a pure function
+    of the seed and the epoch (``set_epoch``), so they are the same for any number of processes, on every
+    rank, and after a resume. Each is cut into ``world`` contiguous shares of near-equal size and rank
+    ``rank`` yields its share. A share left empty (a last batch with fewer rows than processes) holds the
+    batch's first row with every label masked (index ``-1 - i``, see ``MaskableRows``): the rank still runs
+    its forward and backward pass, which DDP needs, and adds no loss and no target token."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, *, group: bool = True, rank: int = 0,
+                 world: int = 1):
+        # not ``self.batch_size``: accelerate would take it for the size of every yielded share
+        self.lengths, self.global_batch, self.seed, self.group = lengths, batch_size, seed, group
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.global_batch)
+
+    def __iter__(self):
+        for batch in length_grouped_batches(self.lengths, self.global_batch, self.seed + self.epoch, group=self.group):
+            n = len(batch)
+            yield batch[self.rank * n // self.world:(self.rank + 1) * n // self.world] or [-1 - batch[0]]
+
+
+class MaskableRows:
+    """Training rows by index; index ``-1 - i`` is row ``i`` with every label masked (``RankBatches``)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        if i >= 0:
+            return self.rows[i]
+        row = self.rows[-1 - i]
+        return {**row, "labels": [IGNORE] * len(row["labels"])}

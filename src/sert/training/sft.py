@@ -1,7 +1,8 @@
 """``trainer=sft`` (default): supervised fine-tuning with transformers' ``Trainer``.
 
 Dynamic padding (``PadCollator``) + length-grouped batches, checkpoints in ``out_dir/checkpoints`` resumed
-on rerun, multi-GPU through ``accelerate launch -m sert ...`` / ``torchrun -m sert ...`` with no code change.
+on rerun, several processes (GPUs) through ``torchrun -m sert ...`` / ``accelerate launch -m sert ...``
+(``sert.distributed``; ``batch_size`` is the global batch).
 The ``Trainer`` subclass that keeps sert's running totals lives in ``sert.training._counting`` (imported
 when training starts, so composing a config does not import transformers' Trainer).
 """
@@ -12,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from sert import distributed
 from sert.artifacts import read_json, write_json
 from sert.training.base import TOTALS, BaseTrainer, Totals, load_problem, pad_id
 from sert.training.data import PadCollator, Tokenized
@@ -25,28 +27,40 @@ def optimizer_name(name: str, fused: bool) -> str:
 
 
 class HFTrainer(BaseTrainer):
-    """transformers' Trainer with a padding-only collator and length-grouped sampling."""
+    """transformers' Trainer with a padding-only collator and length-grouped sampling.
+
+    Batches are sert's length-grouped batches (``sert.training.data.RankBatches``, as ``trainer=loop``), a
+    pure function of the seed and the epoch. Several processes (torchrun, ``accelerate launch``, srun): DDP,
+    and ``batch_size`` stays the *global* batch: every rank computes the same batches and takes its share;
+    transformers divides the loss by the target tokens of the whole batch across ranks
+    (``average_tokens_across_devices``). So the batches, their loss and the updates are those of one
+    process, up to float summation order (and dropout, whose masks each process draws)."""
+
+    distributed = True
 
     def training_arguments(self, ckpt_dir: Path, seed: int, use_cpu: bool, has_eval: bool):
         from transformers import TrainingArguments
 
         c = self.config
+        distributed.check_batch(c.batch_size)
         precision = self.resolved_precision if self.resolved_precision in ("fp32", "bf16", "fp16") else "fp32"
         return TrainingArguments(
             output_dir=str(ckpt_dir),
             num_train_epochs=c.epochs, max_steps=c.max_steps,
-            per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
+            # batch_size is the global batch: each of N processes takes its share (CountingTrainer's batches)
+            per_device_train_batch_size=c.batch_size // distributed.world_size(),
+            per_device_eval_batch_size=c.batch_size,
             gradient_accumulation_steps=c.grad_accum,
             learning_rate=c.lr, optim=optimizer_name(c.optimizer, c.fused_optimizer), weight_decay=c.weight_decay,
             adam_beta1=c.adam_beta1, adam_beta2=c.adam_beta2,
             lr_scheduler_type=c.lr_scheduler, warmup_steps=float(c.warmup_ratio), max_grad_norm=c.max_grad_norm,
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
-            train_sampling_strategy="group_by_length" if c.group_by_length else "random",
             eval_strategy=c.eval_strategy if has_eval else "no", eval_steps=c.eval_steps,
             save_strategy=c.save_strategy, save_steps=c.save_steps, save_total_limit=c.save_total_limit,
             logging_steps=c.logging_steps, report_to=c.report_to,
             include_num_input_tokens_seen="non_padding",
             seed=seed, data_seed=seed, dataloader_num_workers=0, remove_unused_columns=False,
+            average_tokens_across_devices=True,
         )
 
     def problem(self, ckpt: Path) -> str | None:
@@ -69,6 +83,7 @@ class HFTrainer(BaseTrainer):
     def _fit(self, model, tokenizer, train: Tokenized, held: Tokenized | None, ckpt_dir: Path, seed: int) -> dict:
         from sert.training._counting import CountingTrainer
 
+        c = self.config
         use_cpu = next(model.parameters()).device.type == "cpu"
         args = self.training_arguments(ckpt_dir, seed, use_cpu, held is not None)
         trainer = CountingTrainer(model=model, args=args, data_collator=PadCollator(pad_id(tokenizer)),
@@ -80,16 +95,18 @@ class HFTrainer(BaseTrainer):
 
             trainer.add_callback(hf_callback(self.selector, tokenizer, trainer))
         trainer.sert_loss = self.loss
+        trainer.global_batch, trainer.lengths, trainer.group_by_length = c.batch_size, train.lengths, c.group_by_length
         trainer.publish = lambda staged: self.publish(staged, ckpt_dir)
-        last = self.last_complete(ckpt_dir)
+        last = distributed.broadcast(self.last_complete(ckpt_dir) if distributed.is_main() else None)
         if last:
             trainer.prior = Totals.load(last)
             log.info("resuming training from %s (step %d)", last, trainer.prior.steps)
         trainer.session_start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         state = trainer.state
-        write_json(ckpt_dir.parent / "log_history.json", state.log_history)
         totals = trainer.totals()
+        if distributed.is_main():
+            write_json(ckpt_dir.parent / "log_history.json", state.log_history)
         steps_per_epoch = state.global_step / state.epoch if state.epoch else 1
         return {**totals.summary(steps_per_epoch), "epochs": round(state.epoch or 0, 3),
                 "resumed_from": last.name if last else None, "tokens_total": state.num_input_tokens_seen}

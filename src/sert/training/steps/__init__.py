@@ -27,7 +27,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sert import faults
+from sert import distributed, faults
 from sert.artifacts import read_json, write_json, write_jsonl
 from sert.data import DataError, Record, make_record
 from sert.models import load_model, resolve_device, save_model
@@ -154,13 +154,22 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
                               "fmt": {"rep_n": ecfg.fmt_rep_n, "max_rep": ecfg.fmt_max_rep}}
 
     def build(d: Path) -> dict:
-        write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
+        # every rank of a distributed run trains (sert.distributed); only rank 0 writes files
+        main = distributed.is_main()
         trainer = make_trainer(ctx)
+        if distributed.active() and not trainer.distributed:
+            raise ValueError(f"trainer={trainer.name} trains in one process; under torchrun/accelerate "
+                             f"use trainer=sft (transformers' Trainer, DDP)")
+        if val and distributed.active():
+            raise ValueError("trainer.select=val_acc validates in one process: under torchrun/accelerate use "
+                             "trainer.select=last")
         if val:
             trainer.selector = EpochSelector(d, accuracy_scorer(p, fmt, val, max_new_tokens=max_new,
                                                                 batch_size=ecfg.batch_size, rep_n=ecfg.fmt_rep_n,
                                                                 max_rep=ecfg.fmt_max_rep), questions=len(val))
-        if (d / "model" / INFO).exists() and (d / SUMMARY).exists():
+        if main:
+            write_jsonl(d / "train_data.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in examples))
+        if distributed.broadcast((d / "model" / INFO).exists() and (d / SUMMARY).exists()):
             log.info("[%s] model/ was saved by an earlier, interrupted run of this entry: not training again", step)
             summary = read_json(d / SUMMARY)
         else:
@@ -174,19 +183,22 @@ def train_step(ctx: Context, step: str, source: Callable[[Context], TrainingData
                 summary["select"] = trainer.selector.finish(model, tok, summary["steps"], summary["epochs"])
                 summary["select"]["val_qids"] = [r.qid for r in val]
             summary["longest_target_tokens"] = longest_target(tok, examples)
-            write_json(d / SUMMARY, summary)
-            save_final_model(model, tok, d / "model", {**info, "longest_target_tokens": summary["longest_target_tokens"]})
-            faults.reached("train.model_saved")
-        trainer.drop_checkpoints(d)  # only now: the final model is on disk
-        if not trainer.config.keep_checkpoints:
-            shutil.rmtree(d / "select" / "best", ignore_errors=True)  # a copy of model/ by now
+            if main:
+                write_json(d / SUMMARY, summary)
+                save_final_model(model, tok, d / "model",
+                                 {**info, "longest_target_tokens": summary["longest_target_tokens"]})
+                faults.reached("train.model_saved")
+        if main:
+            trainer.drop_checkpoints(d)  # only now: the final model is on disk
+            if not trainer.config.keep_checkpoints:
+                shutil.rmtree(d / "select" / "best", ignore_errors=True)  # a copy of model/ by now
         metrics = {f"{step}/train_loss": summary["train_loss"], f"{step}/tokens_per_s": summary["tokens_per_s"]}
         if "select" in summary:
             sel = summary["select"]
             metrics.update({f"{step}/val_acc": sel["best_val_acc"], f"{step}/selected_epoch": sel["best_epoch"]})
         return {**summary, "format": fmt, "init": info["init"], "metrics": metrics}
 
-    out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build)
+    out = ctx.cached(step, material, [*data.inputs, *([init] if init else [])], build, all_ranks=True)
     s = out.summary
     print(f"{step}: {s.get('examples')} examples, {s.get('steps')} steps, loss {s.get('train_loss')}, "
           f"{s.get('tokens_per_s')} tok/s -> {out.path('model')}")
