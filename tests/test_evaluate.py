@@ -84,7 +84,7 @@ def test_cli_evaluate_explicit_checkpoint(tmp_path, sqa_jsonl, checkpoint):
     assert all(set(p["option_logprobs"]) == {"Yes", "No"} for p in preds)
     assert all(p["option_pred"] == max(p["option_logprobs"], key=p["option_logprobs"].get) for p in preds)
     assert metrics["acc_option"] == round(sum(p["option_pred"] == p["gold"] for p in preds) / 3, 4)
-    # issue 19: each row's finish reason, and the share cut at the new-token budget
+    # each row's finish reason, and the share cut at the new-token budget
     assert {p["finish_reason"] for p in preds} <= {"eos", "stop", "length"}
     assert metrics["limit_hit"] == round(sum(p["finish_reason"] == "length" for p in preds) / 3, 4)
     assert ev["summary"]["metrics"] == metrics

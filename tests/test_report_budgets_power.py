@@ -1,4 +1,4 @@
-"""Issue 19 report additions: the minimum detectable difference (hand-computed) and the share of outputs cut at
+"""Report additions for a study v2: the minimum detectable difference (hand-computed) and the share of outputs cut at
 the decoding limit per cell, flagged above 5%."""
 
 from __future__ import annotations

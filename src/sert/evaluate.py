@@ -97,7 +97,7 @@ def score(records: list[Record], outputs: list[str], tokenizer, fmt: str, *, rep
     (``is_prefix_formatted``); the metrics gain ``acc_lenient`` and ``fmt_prefix`` (labelled, not the paper's).
     With ``finish_reasons`` (the engine's eos | stop | length per output) each row carries its
     ``finish_reason`` and the metrics gain ``limit_hit``: the share of outputs cut at the new-token budget
-    (issue 19: a cut answer has no answer sentence, so a budget below the trained length biases Acc)."""
+    (a cut answer has no answer sentence, so a budget below the trained length biases Acc)."""
     label_only = fmt == "label_only"
     rows, ok, reason_len, out_toks, prefix = [], [], [], [], []
     for i, (rec, output) in enumerate(zip(records, outputs)):
@@ -147,7 +147,7 @@ def add_option_accuracy(rows: list[dict], metrics: dict, picks: list[dict], reco
 def budget_check(model_dir: Path | None, max_new: int) -> int | None:
     """The longest training target (completion tokens) of the checkpoint, from ``training_info.json``
     (None for the base model or older checkpoints); warns when the new-token budget is below it: outputs as
-    long as what the model was trained to write would be cut (issue 19)."""
+    long as what the model was trained to write would be cut."""
     longest = (training_info(model_dir) or {}).get("longest_target_tokens") if model_dir else None
     if longest and max_new < longest:
         log.warning("evaluate budget %d new tokens is below the longest training target (%d tokens): long "

@@ -1,4 +1,4 @@
-"""Option-likelihood accuracy (issue 19; a labelled addition, not one of the paper's metrics): for each question,
+"""Option-likelihood accuracy (a labelled addition, not one of the paper's metrics): for each question,
 the log-likelihood of every answer option written after the question, the argmax being the model's answer — as
 lm-evaluation-harness scores multiple choice (its ``acc``: the sum of the option's token log-probabilities, no
 length normalisation). It shows what a model knows when its output format (a missing or cut answer sentence)

@@ -136,7 +136,7 @@ class EvaluateConfig:
     dtype: DType = DType.auto  # auto = bf16 only on hardware fast at it (AVX512-BF16/AMX, bf16 GPUs), else fp32
     fmt_rep_n: int = 3  # Fmt: an output is degenerate when its rep-n over model tokens ...
     fmt_max_rep: float = 0.3  # ... exceeds this (a loop repeats most of its trigrams; fluent text ~0-0.05)
-    # Issue 19 (labelled addition, not the paper's): option-likelihood accuracy ``acc_option``, each answer option's
+    # Labelled addition, not the paper's: option-likelihood accuracy ``acc_option``, each answer option's
     # log-likelihood after "Question: {q} Answer:", argmax = the answer, as lm-evaluation-harness scores multiple
     # choice (sert.likelihood); shows knowledge a missing or cut answer sentence hides from strict/lenient Acc
     option_likelihood: bool = True

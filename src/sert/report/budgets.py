@@ -1,4 +1,4 @@
-"""Decoding budgets (issue 19): the share of outputs cut at the new-token limit, per Table II cell and per
+"""Decoding budgets: the share of outputs cut at the new-token limit, per Table II cell and per
 latent-path generation step. A cut output has no answer sentence, so a budget below what a method writes
 biases Acc against the methods that reason at length; a share above ``LIMIT_FLAG`` is flagged."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from sert.report.names import MISSING, dataset_name, md_table, method_name, model_name
 from sert.report.runs import Run
 
-LIMIT_FLAG = 0.05  # issue 19: at most 5% of the outputs may stop at the limit, else raise the budget
+LIMIT_FLAG = 0.05  # at most 5% of the outputs may stop at the limit, else raise the budget
 
 
 def cell_limit_share(runs: dict) -> tuple[float | None, int]:

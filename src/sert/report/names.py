@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 MISSING = "—"
-# the paper's row order within a model, after the base model with no training (issue 19's reference row)
+# the paper's row order within a model, after the base model with no training
 METHODS = ["base", "finetune", "sert", "sert_rd", "rd"]
 METHOD_NAMES = {"base": "Base (zero-shot)", "finetune": "Finetune", "sert": "SERT", "sert_rd": "SERT+RD", "rd": "RD"}
 MODELS = ["gpt2", "gpt2-medium", "gpt2-large"]

@@ -1,4 +1,4 @@
-"""Minimum detectable difference (MDD) of a paired comparison (issue 19): the smallest true accuracy
+"""Minimum detectable difference (MDD) of a paired comparison: the smallest true accuracy
 difference the design detects with 80% power in a two-sided 5% test, computed from what was observed.
 
 For two arms evaluated on the same ``n`` questions with the same ``S`` seeds, ``d[s][q]`` is arm a's minus arm

@@ -27,7 +27,7 @@ class Precision(str, Enum):
 
 class Select(str, Enum):
     last = "last"  # the final epoch's weights (the paper's recipe, III-A)
-    val_acc = "val_acc"  # the epoch with the best strict Acc on a held-out slice of the training split (issue 19)
+    val_acc = "val_acc"  # the epoch with the best strict Acc on a held-out slice of the training split
 
 
 class LossOn(str, Enum):
@@ -79,7 +79,7 @@ class TrainerConfig:
     checkpoint_optimizer: bool = True
     logging_steps: int = 10
     # Which epoch's weights become model/ (sert.training.select). last: the final one (paper III-A trains 20 epochs
-    # and names no selection). val_acc (issue 19): after each epoch, greedy decoding + strict Acc, exactly as the
+    # and names no selection). val_acc: after each epoch, greedy decoding + strict Acc, exactly as the
     # evaluate step (its prompt format, evaluate.max_new_tokens / label_only_max_new_tokens, evaluate.batch_size),
     # on a held-out slice of the TRAINING split (never the test split; left out of training); the best epoch is
     # saved and evaluated on test. Needs save_strategy=epoch (an epoch is validated after its checkpoint: resumable).

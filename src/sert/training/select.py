@@ -1,4 +1,4 @@
-"""Epoch selection on a held-out validation slice (issue 19, ``trainer.select=val_acc``).
+"""Epoch selection on a held-out validation slice (``trainer.select=val_acc``).
 
 The paper trains 20 epochs (III-A) and evaluates the last. With ``trainer.select=val_acc`` a seeded slice of the
 TRAINING split (``trainer.val_fraction`` of its questions, chosen by ``trainer.val_seed``; never the test split)
