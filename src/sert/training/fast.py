@@ -26,9 +26,10 @@ import logging
 
 import torch
 
+from sert.training.data import IGNORE
+
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 # model_type values whose logits are exactly ``base_model(...)[0] @ get_output_embeddings().weight.T``
 FAST_LOSS_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
 _warned: set[str] = set()
