@@ -108,6 +108,24 @@ def test_ppl_matches_independent_forward_pass(tiny):
     assert checked >= 10
 
 
+def test_path_perplexities_rescore_equals_the_sampled_ppl(tiny):
+    """filter.ppl_model's scoring (sert.likelihood.path_perplexities, batched, right-padded) under the model that
+    sampled the paths reproduces the ppl recorded while sampling; another model gives other values."""
+    from sert.likelihood import path_perplexities
+
+    model, tok = tiny
+    res = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(max_new_tokens=10), seed=3)
+    prompts = [pr for pr, paths in zip(PROMPTS, res) for _ in paths]
+    paths = [p for q in res for p in q]
+    again = path_perplexities(model, tok, prompts, [p["token_ids"] for p in paths], batch_size=5)
+    for p, ppl in zip(paths, again):
+        assert (ppl is None) if not p["num_tokens"] else ppl == pytest.approx(p["ppl"], rel=1e-4)
+    other, _ = load_model("tiny", random_init={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64, "seed": 5},
+                          device="cpu")
+    rescored = path_perplexities(other, tok, prompts, [p["token_ids"] for p in paths])
+    assert all(abs(a - p["ppl"]) > 1e-3 for a, p in zip(rescored, paths) if p["num_tokens"])
+
+
 def test_reproducible_and_batch_invariant(tiny):
     model, tok = tiny
     a = sample_batch(model, tok, PROMPTS, ["a", "b"], spec(), seed=7)
@@ -176,6 +194,31 @@ def test_cli_filter_end_to_end(csqa_files, tmp_path):
     steps2 = _steps(run_dirs(out)[-1])
     assert steps2["generate"]["cached"] and steps2["generate"]["key"] == steps["generate"]["key"]
     assert not steps2["filter"]["cached"] and "pattern" in p2.stdout and "rep2 " not in p2.stdout
+
+    # generation.seed fixes the paths across run seeds (a study's seeds then vary training only); without it,
+    # the run seed is the sampling seed
+    seed0 = json.loads((run1 / "run.json").read_text())["config"]["seed"]  # the default run seed
+    run_cli("stage=filter", *common, f"seed={seed0 + 1}", f"generation.seed={seed0}", out=out)
+    assert _steps(run_dirs(out)[-1])["generate"]["key"] == steps["generate"]["key"]
+    run_cli("stage=filter", *common, f"seed={seed0 + 1}", out=out)
+    steps_s1 = _steps(run_dirs(out)[-1])
+    assert not steps_s1["generate"]["cached"] and steps_s1["generate"]["key"] != steps["generate"]["key"]
+
+    # filter.ppl_model: ppl recomputed under a named model (here the generating one: the same values, the same
+    # selection), the sampled value kept as ppl_sampled; the generation is reused
+    # (sampled in fp32 here: the scoring is fp32, and bf16 sampling, the default on bf16 CPUs, rounds the logits)
+    fp32 = [*common, "generation.dtype=float32"]
+    run_cli("stage=filter", *fp32, out=out)
+    run_fp32 = run_dirs(out)[-1]
+    sel = [json.loads(x) for x in (run_fp32 / "filter" / "selected.jsonl").read_text().splitlines()]
+    run_cli("stage=filter", *fp32, "filter.ppl_model=tiny", out=out)
+    run_pm = run_dirs(out)[-1]
+    steps_pm = _steps(run_pm)
+    assert steps_pm["generate"]["cached"] and steps_pm["generate"]["key"] == _steps(run_fp32)["generate"]["key"]
+    assert steps_pm["filter"]["key"] != _steps(run_fp32)["filter"]["key"]
+    sel_pm = [json.loads(x) for x in (run_pm / "filter" / "selected.jsonl").read_text().splitlines()]
+    assert sel and [r["token_ids"] for r in sel_pm] == [r["token_ids"] for r in sel]
+    assert all(r["ppl"] == pytest.approx(r["ppl_sampled"], rel=1e-4) for r in sel_pm)
 
     # filter.input: an existing candidates file, no generation at all
     cand_file = tmp_path / "cands.jsonl"

@@ -366,10 +366,12 @@ def test_collect_copies_small_results_and_report_needs_no_cache(tmp_path: Path, 
     rejected = [{**cands[0], "dropped_by": "pattern"}, {**cands[1], "dropped_by": "length"}]  # rank 0 all dropped
     extra = {("generate", "candidates.jsonl"): "".join(json.dumps(c) + "\n" for c in cands),
              ("filter", "rejected.jsonl"): "".join(json.dumps(c) + "\n" for c in rejected)}
+    source = str(root / "cache" / "generate" / "k" / "candidates.jsonl")
     seeded_cell(root, "sert", [[True, False]], link=True, extra_files=extra,
-                funnel={"candidates": 4, "questions": 1, "selected": 1, "funnel": []},
+                funnel={"candidates": 4, "questions": 1, "selected": 1, "funnel": [], "source": source},
                 config={"dataset": {"split": "test"}, "generation": {"mode": "topk_alternatives"},
-                        "model": {"name": "gpt2"}})
+                        "model": {"name": "gpt2", "name_or_path": str(Path.home() / "models" / "gpt2")},
+                        "paths": {"output_dir": str(root), "cache_dir": str(root / "cache")}})
     before = build_report(root, plots=False)[1]
     dest = tmp_path / "results" / "cell"
     assert main([str(root), "--collect", str(dest), "--no-plots"]) == 0
@@ -378,6 +380,12 @@ def test_collect_copies_small_results_and_report_needs_no_cache(tmp_path: Path, 
     assert sorted(p.name for p in copied.rglob("*") if p.is_file()) == [
         "filter_stats.json", "metrics.json", "path_survival.json", "predictions.jsonl", "run.json"]
     assert not any(p.is_symlink() for p in copied.iterdir())
+    # no machine paths in what a study commits: the cache, the output dir and the home dir become placeholders
+    collected = {p.name: p.read_text() for p in copied.rglob("*.json")}
+    assert not [n for n, t in collected.items() if str(tmp_path) in t or str(Path.home()) + "/" in t]
+    assert json.loads(collected["filter_stats.json"])["source"] == "<cache>/generate/k/candidates.jsonl"
+    cfg = json.loads(collected["run.json"])["config"]
+    assert cfg["model"]["name_or_path"] == "~/models/gpt2" and cfg["paths"]["output_dir"] == "<output>"
     text = (dest / "report.md").read_text()
     assert build_report(dest, plots=False)[1] == before
     # Figure 1 from the filter chain: question q0 keeps a path at rank 1 only
@@ -453,10 +461,10 @@ def test_failed_study_cells_are_listed(tmp_path: Path):
     assert "| sqa_s1 | 2026-01-01 10:00:00 | rd (exit 1), x (skipped) |" in text
 
 
-def _study_driver():
+def _study_driver(study: str = "cpu_study"):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("cpu_study_run", Path(__file__).resolve().parents[1]
-                                                  / "experiments" / "cpu_study" / "run.py")
+    spec = importlib.util.spec_from_file_location(f"{study}_run", Path(__file__).resolve().parents[1]
+                                                  / "experiments" / study / "run.py")
     mod = importlib.util.module_from_spec(spec)
     import sys
     sys.modules[spec.name] = mod  # dataclasses look their module up
@@ -480,6 +488,38 @@ def test_cpu_study_driver_picks_the_next_unfinished_cell(tmp_path: Path, capsys)
     assert drv.main(["list", "--results", str(tmp_path)]) == 0
     assert "teacher_sqa" in capsys.readouterr().out
     assert drv.main(["nope", "--dry-run", "--results", str(tmp_path)]) == 2
+
+
+def test_study_v2_driver_orders_teacher_and_paths_before_their_users(tmp_path: Path, capsys):
+    drv = _study_driver("study_v2")
+    cells = drv.cells()
+    names = [c.name for c in cells]
+    fixed = {c.name: [j.overrides for j in c.jobs if not callable(j.overrides)] for c in cells}  # fig1: computed
+    stages = {n: [o for ov in ovs for o in ov if o.startswith("stage=")] for n, ovs in fixed.items()}
+    first = {s: min(i for i, n in enumerate(names) if f"stage={s}" in stages[n]) for s in ("teacher", "rd", "filter", "sert")}
+    assert names[0] == "teacher_sqa" and first["teacher"] < first["rd"] and first["filter"] < first["sert"]
+    assert {f"stage={m}" for m in ("finetune", "sert", "rd", "sert_rd")} <= {s for n in names if "_s1_" in n for s in stages[n]}
+    assert all(ov[0].startswith("experiment=study_v2") for ovs in fixed.values() for ov in ovs)
+    assert names.index("fig1_sqa") > names.index("sqa_s0_sert")  # it samples from that cell's SERT model
+    assert drv.main(["next", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[study_v2] cell teacher_sqa" in out and "experiment=study_v2_sqa stage=teacher seed=0 teacher=local" in out
+    assert "/study_v2/teacher_sqa/teacher" in out
+
+
+@pytest.mark.parametrize("exp", ["study_v2", "study_v2_sqa", "study_v2_csqa"])
+def test_study_v2_experiments_compose(exp):
+    """The v2 settings: whole splits (a fixed CommonsenseQA subset), the paper's batch and lr, the epoch chosen on
+    validation, one set of paths for every seed, budgets not below the longest training target."""
+    from conftest import compose
+    cfg = compose(f"experiment={exp}", "seed=2")
+    assert cfg.model.name == "smollm2-135m" and cfg.seed == 2 and cfg.generation.seed == 0
+    assert cfg.trainer.select == "val_acc" and cfg.trainer.save_strategy == "epoch"
+    assert cfg.trainer.batch_size == 8 and cfg.trainer.lr == 3e-4
+    assert cfg.generation.max_new_tokens == 256 and cfg.evaluate.max_new_tokens > cfg.teacher.max_tokens == 256
+    assert cfg.evaluate.limit is None and cfg.dataset.limit == (2000 if exp == "study_v2_csqa" else None)
+    if exp != "study_v2":
+        assert cfg.dataset.name == {"study_v2_sqa": "strategy_qa", "study_v2_csqa": "commonsense_qa"}[exp]
 
 
 @pytest.mark.parametrize("exp", ["cpu_study", "cpu_study_sqa", "cpu_study_csqa", "cpu_study_fig1", "cpu_study_fig4"])

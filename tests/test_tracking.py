@@ -90,6 +90,10 @@ def test_offline_run_files(tmp_path: Path, csqa_files):
     raw = b"".join(p.read_bytes() for p in (run_dir / "wandb").rglob("*") if p.is_file())
     assert b"s3cr3t-value" not in raw
     assert "s3cr3t-value" not in (run_dir / "run.json").read_text()  # the manifest's command line too
+    # the config names no directory of this machine (sert.portable): the outputs and cache become placeholders
+    assert str(out) not in json.dumps(rec["config"])  # (the data files given as absolute paths stay as given)
+    assert rec["config"]["paths"]["cache_dir"] == "<cache>" and rec["config"]["paths"]["output_dir"] == "<output>"
+    assert str(out) not in (run_dir / "wandb" / "run.portable.json").read_text()  # the manifest artifact
 
 
 def test_multirun_one_group_and_cache_reuse(tmp_path: Path, csqa_files):

@@ -64,10 +64,13 @@ def check_config(cfg: DictConfig) -> None:
     check_values(cfg)
 
 
+FILTER_SETTINGS = ("input", "order", "ppl_model")  # conf/filter/full.yaml: what is not a filter
+
+
 def check_filters(f: DictConfig) -> None:
-    """The ``filter`` group is open (a new filter is one class + one YAML): every key but ``input`` and
-    ``order`` must define a component with a ``_target_``, and ``order`` may name only those."""
-    defined = {k for k in f if k not in ("input", "order")}
+    """The ``filter`` group is open (a new filter is one class + one YAML): every key but the chain's own
+    settings (FILTER_SETTINGS) must define a component with a ``_target_``, and ``order`` may name only those."""
+    defined = {k for k in f if k not in FILTER_SETTINGS}
     stray = sorted(k for k in defined if not OmegaConf.is_dict(f[k]) or "_target_" not in f[k])
     if stray:
         raise ValueError(f"filter.{stray[0]} is not a filter (a node with a _target_ class and its arguments)")

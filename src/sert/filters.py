@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -277,6 +278,30 @@ def add_token_ids(cands: list[dict], tok) -> int:
     return n
 
 
+def rescore_ppl(ctx, cands: list[dict], spec: dict, ref: str) -> None:
+    """``filter.ppl_model``: every candidate's ``ppl`` recomputed under that model (teacher-forced, fp32) on its
+    question's generation prompt; the sampled value moves to ``ppl_sampled``."""
+    from sert.likelihood import path_perplexities
+    from sert.models import load_model, resolve_device
+
+    prompts = {r.qid: ctx.prompts.generation_prompt(r) for r in ctx.dataset().records}
+    unknown = sorted({c["qid"] for c in cands} - prompts.keys())
+    if unknown:
+        raise ValueError(f"filter.ppl_model={ref}: {len(unknown)} candidate question(s) are not in the dataset "
+                         f"(first: {unknown[0]!r}), so their prompts are unknown")
+    t0 = time.perf_counter()
+    model, tok = load_model(**{**spec, "dtype": "float32", "device": resolve_device(ctx.cfg.device)})
+    add_token_ids(cands, tok)  # a filter.input file with text only: the scoring model's tokens
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if any(i >= vocab for c in cands for i in c["token_ids"]):
+        raise ValueError(f"filter.ppl_model={ref}: its vocabulary ({vocab}) does not cover the sampled token ids; "
+                         "score with a model that shares the generating model's tokenizer")
+    ppls = path_perplexities(model, tok, [prompts[c["qid"]] for c in cands], [c["token_ids"] for c in cands])
+    for c, ppl in zip(cands, ppls):
+        c["ppl_sampled"], c["ppl"] = c["ppl"], ppl
+    log.info("filter.ppl_model=%s: %d candidates rescored in %.1f s", ref, len(cands), time.perf_counter() - t0)
+
+
 # ----------------------------------------------------------------------------- the step
 def run(ctx):
     """``stage=filter``: apply ``filter.order`` then the selector to the generated (or given) candidates."""
@@ -306,6 +331,12 @@ def run(ctx):
     chain_cfg = {n: OmegaConf.to_container(f[n], resolve=True) for n in order}
     sel_cfg = OmegaConf.to_container(f.selector, resolve=True)
     material = {"order": order, "filters": chain_cfg, "selector": sel_cfg, "source": source}
+    ppl_model = f.get("ppl_model")
+    if ppl_model:
+        from sert.models import model_spec
+
+        ppl_spec = model_spec(str(ppl_model))
+        material["ppl_model"] = {k: ppl_spec.get(k) for k in ("name_or_path", "gguf_file", "tokenizer", "random_init")}
 
     def build(d: Path) -> dict:
         cands = read_candidates(src, tokenizable=tokenize)
@@ -315,6 +346,8 @@ def run(ctx):
             n = add_token_ids(cands, tokenizer_for(ctx.model.load_kwargs()))
             log.info("filter.input: tokenized %d of %d candidates with the model's tokenizer %s", n, len(cands),
                      source["tokenizer"])
+        if ppl_model:
+            rescore_ppl(ctx, cands, ppl_spec, str(ppl_model))
         chain = [(n, instantiate(f[n], _convert_="all")) for n in order]
         for n, obj in chain:
             log.info("Instantiating filter <%s> %s", n, type(obj).__name__)

@@ -236,8 +236,9 @@ def run(ctx):
     dtype = resolve_dtype(DType(g.dtype).value, resolve_device(ctx.cfg.device))
     log.info("generation dtype: %s (generation.dtype=%s)", dtype, DType(g.dtype).value)
     backend = instantiate(g.sampler, g, ctx.model_kwargs(), dtype, ctx.cfg.paths.cache_dir)
+    seed = ctx.cfg.seed if g.seed is None else g.seed
     material = {"model": ctx.model_identity(), "sampling": {**asdict(spec), "stop": list(spec.stop)},
-                "backend": GenerationBackend(g.backend).value, "seed": ctx.cfg.seed, "prompt": prompts.generate,
+                "backend": GenerationBackend(g.backend).value, "seed": seed, "prompt": prompts.generate,
                 **backend.material()}
 
     def rows_of(qid: str, paths: list[dict]) -> list[dict]:
@@ -259,7 +260,7 @@ def run(ctx):
             faults.reached("generate.batch_saved")
             done.update(rows)
 
-        clamped = backend(items, spec, ctx.cfg.seed, save, {i for i, (q, _) in enumerate(items) if q in done})
+        clamped = backend(items, spec, seed, save, {i for i, (q, _) in enumerate(items) if q in done})
         rows = [row for q, _ in items for row in done[q]]
         write_jsonl(d / "candidates.jsonl", rows)
         shutil.rmtree(parts, ignore_errors=True)

@@ -35,31 +35,54 @@ def context(prompts: Prompts, rec: Record) -> str:
     return prompts.training_pair("label_only", rec, "")[0]
 
 
-@torch.no_grad()
 def continuation_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
     """Sum of the log-probabilities of each continuation's tokens after its context (context and continuation
     tokenised separately and concatenated, as lm-evaluation-harness does), in batches of right-padded rows."""
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     encoded = [(tok(c, add_special_tokens=False)["input_ids"], tok(x, add_special_tokens=False)["input_ids"])
                for c, x in pairs]
-    out: list[float] = []
+    return [sum(lps) for lps in token_logprobs(model, tok, encoded, batch_size)]
+
+
+@torch.no_grad()
+def token_logprobs(model, tok, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 16
+                   ) -> list[list[float]]:
+    """The fp32 log-probability of every continuation token after its context (token ids), teacher-forced, in
+    batches of right-padded rows."""
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    out: list[list[float]] = []
     was_training = model.training
     model.eval()
-    for s in range(0, len(encoded), batch_size):
-        chunk = encoded[s:s + batch_size]
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
         width = max(len(c) + len(x) for c, x in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, (c, x) in enumerate(chunk):
-            ids[i, :len(c) + len(x)] = torch.tensor(c + x)
+            ids[i, :len(c) + len(x)] = torch.tensor([*c, *x])
             mask[i, :len(c) + len(x)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for i, (c, x) in enumerate(chunk):
-            pos = torch.arange(len(c) - 1, len(c) + len(x) - 1)  # the positions that predict the continuation
-            out.append(float(logp[i, pos.to(device), torch.tensor(x, device=device)].sum()))
+            pos = torch.arange(len(c) - 1, len(c) + len(x) - 1, device=device)  # the positions predicting x
+            logp = logits[i, pos].float().log_softmax(-1)
+            out.append(logp.gather(1, torch.tensor(x, device=device)[:, None]).squeeze(1).tolist())
     model.train(was_training)
+    return out
+
+
+def path_perplexities(model, tok, prompts: Sequence[str], paths: Sequence[Sequence[int]], batch_size: int = 16
+                      ) -> list[float | None]:
+    """Teacher-forced perplexity of each sampled path (its token ids) after its prompt, the prompt encoded as the
+    sampler encodes it (``tok(prompt)``): what ``sert.sampling`` records under the model that generated the path,
+    computed under ``model`` instead. None for an empty path."""
+    import math
+
+    pairs = [(tok(p)["input_ids"], list(ids)) for p, ids in zip(prompts, paths)]
+    keep = [i for i, (_, ids) in enumerate(pairs) if ids]
+    lps = token_logprobs(model, tok, [pairs[i] for i in keep], batch_size)
+    out: list[float | None] = [None] * len(pairs)
+    for i, lp in zip(keep, lps):
+        out[i] = math.exp(-sum(lp) / len(lp))
     return out
 
 

@@ -183,6 +183,7 @@ class WandbLogger:
         self.run: Any = None
         self.ctx: Context | None = None
         self.columns: dict[str, Any] = {}  # config_columns of this job
+        self.roots: list[tuple[str, str]] = []  # sert.portable roots of this job
         self._env_before: dict[str, str | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -190,6 +191,7 @@ class WandbLogger:
         from omegaconf import OmegaConf
 
         from sert.pipeline import choices
+        from sert.portable import machine_roots, portable
         from sert.redaction import redact
 
         self.ctx = ctx
@@ -210,7 +212,9 @@ class WandbLogger:
 
             sys.argv = redact_argv(argv)  # W&B records the command line in the run's metadata
             self.columns = config_columns(cfg, ch)
-            config = {**redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)), **self.columns}
+            self.roots = machine_roots(OmegaConf.to_container(cfg.paths, resolve=True, enum_to_str=True))
+            config = portable({**redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)), **self.columns},
+                              self.roots)
             self.run = wandb.init(
                 project=self.project, entity=self.entity, mode=mode, name=name, group=group,
                 job_type=str(cfg.stage.name), tags=run_tags(ch, fallback, self.tags), notes=self.notes,
@@ -332,10 +336,15 @@ class WandbLogger:
         import wandb
 
         assert self.ctx is not None
+        from sert.portable import portable
+
         path = self.ctx.manifest.write()
+        copy = path.parent / "wandb" / "run.portable.json"  # the manifest with its machine paths made portable
+        copy.write_text(portable(path.read_text(encoding="utf-8"), self.roots), encoding="utf-8")
         art = wandb.Artifact(f"manifest-{self.run.id}", type="manifest",
-                             metadata={"stage": str(self.ctx.cfg.stage.name), "run_dir": str(self.ctx.run_dir)})
-        art.add_file(str(path), name="run.json")
+                             metadata={"stage": str(self.ctx.cfg.stage.name),
+                                       "run_dir": portable(str(self.ctx.run_dir), self.roots)})
+        art.add_file(str(copy), name="run.json")
         self.run.log_artifact(art)
 
     # -- failure handling --------------------------------------------------------

@@ -51,6 +51,9 @@ class GenerationConfig:
     # Questions per batch (x 25 rows each); sampling is seeded per question, so results do not depend on it
     # and it is not part of the cache key.
     batch_size: int = 8
+    # The sampling seed (paths are seeded per question from it); null = the run's ``seed``. A study whose budget
+    # allows one set of paths can fix it (generation.seed=0) so that its run seeds vary the training only.
+    seed: Optional[int] = None
     backend: GenerationBackend = GenerationBackend.hf
     sampler: GenerationSampler = field(default_factory=GenerationSampler)  # built from ``backend``
     # backend=ctranslate2: float32 (ppl matches torch) | int8 (faster, but moves ppl: docs/generation-and-filters.md) | bfloat16

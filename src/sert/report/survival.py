@@ -64,7 +64,9 @@ def fig1_label(run: Run) -> str:
     name = str(run.cfg("model.name") or run.model)
     prompt = str(run.cfg("prompts.generate") or "")
     fmt = " (SERT training prompt)" if prompt.startswith("Question: {question}. Answer:") else ""
-    return f"{model_name(name)} {'top-k alternatives' if mode == 'topk_alternatives' else mode}{fmt}"
+    scorer = run.cfg("filter.ppl_model")
+    ppl = f", ppl under {model_name(str(scorer))}" if scorer else ""
+    return f"{model_name(name)} {'top-k alternatives' if mode == 'topk_alternatives' else mode}{fmt}{ppl}"
 
 
 def fig1_arms(runs: list[Run]) -> Arms:
@@ -91,7 +93,9 @@ def fig1_tables(arms: Arms) -> list[str]:
         cols = sorted({k for _, sh in labelled.values() for k in sh if k != "overall"})
         out.append(f"### Figure 1 — high-quality latent paths on held-out {DATASET_NAMES.get(ds, ds)} test questions\n")
         out.append("Share of questions with ≥ 1 sampled path passing the whole filter chain, overall and among each "
-                   "first-token rank's paths (rank 0 = the greedy first token); questions in parentheses.\n")
+                   "first-token rank's paths (rank 0 = the greedy first token); questions in parentheses. The "
+                   "perplexity filter reads each path's ppl under the model that sampled it, unless the arm names "
+                   "another scorer (`filter.ppl_model`).\n")
         rows = []
         for label in sorted(labelled):
             run, sh = labelled[label]
