@@ -59,6 +59,8 @@ def compose(*overrides: str):
 # resume), and multi-threaded bf16 on an AMX CPU is not bitwise reproducible across processes (README
 # "Training resume"; experiments/check_determinism.py). A test may pass its own OMP_NUM_THREADS in ``env``.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one torch thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
