@@ -5,6 +5,8 @@ SERT+RD reuses SERT's generation, filtering and self-training; RD reuses the tea
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from conftest import run_cli, run_dirs
@@ -117,6 +119,10 @@ def test_sweep_two_models_two_methods_wandb_offline_and_report(tmp_path, csqa_fi
     assert {r["run"]["name"] for r in recs} == {f"{s}/{m}/commonsense_qa" for s in ("finetune", "sert")
                                                  for m in ("tiny", "tiny-deep")}
     assert all("evaluate/acc" in r["summary"] or "eval/acc" in r["summary"] for r in recs)
+    # the Trainer's W&B callback adds TrainingArguments and the model config; their paths are portable too
+    trained = [r for r in recs if "output_dir" in r["config"]]
+    assert trained and all(r["config"]["output_dir"].startswith("<output>/cache/") for r in trained)
+    assert not [r["run"]["name"] for r in recs if str(out) in json.dumps(r["config"])]
 
     text = build_report(sweep, plots=False)[0].read_text()
     lines = text.splitlines()

@@ -10,11 +10,14 @@ when training starts, so composing a config does not import transformers' Traine
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 from sert import distributed
 from sert.artifacts import read_json, write_json
+from sert.portable import machine_roots, portable
 from sert.training.base import TOTALS, BaseTrainer, Totals, load_problem, pad_id
 from sert.training.data import PadCollator, Tokenized
 
@@ -24,6 +27,53 @@ log = logging.getLogger(__name__)
 def optimizer_name(name: str, fused: bool) -> str:
     """``trainer.optimizer`` as transformers names it: adamw_torch becomes adamw_torch_fused where ``fused``."""
     return "adamw_torch_fused" if fused and name == "adamw_torch" else name
+
+
+class _PortableConfig:
+    """``wandb.config`` whose ``update`` writes machine paths portably (``sert.portable``); the rest passes through."""
+
+    def __init__(self, config: Any, roots: list[tuple[str, str]]):
+        self._config, self._roots = config, roots
+
+    def update(self, d: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._config.update(portable(dict(d), self._roots), *args, **kwargs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._config[key] = portable(value, self._roots)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._config[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+class _PortableWandb:
+    """The ``wandb`` module as transformers' WandbCallback sees it, with a portable ``config``."""
+
+    def __init__(self, wandb: Any, roots: list[tuple[str, str]]):
+        self._wandb, self._roots = wandb, roots
+
+    @property
+    def config(self) -> _PortableConfig:
+        return _PortableConfig(self._wandb.config, self._roots)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wandb, name)
+
+
+def portable_wandb_config(trainer: Any, roots: list[tuple[str, str]]) -> None:
+    """transformers' WandbCallback copies TrainingArguments and the model config into the W&B run's config, with
+    absolute paths (``output_dir``: the checkpoint dir in the cache; ``_name_or_path``: the model's files). A study
+    commits its W&B runs, so the callback writes them portable (``<cache>/...``, ``<site-packages>/...``)."""
+    from transformers.integrations import WandbCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, WandbCallback) and cb._wandb is not None and not isinstance(cb._wandb, _PortableWandb):
+            cb._wandb = _PortableWandb(cb._wandb, roots)
 
 
 class HFTrainer(BaseTrainer):
@@ -89,6 +139,8 @@ class HFTrainer(BaseTrainer):
         trainer = CountingTrainer(model=model, args=args, data_collator=PadCollator(pad_id(tokenizer)),
                                   train_dataset=train.rows, eval_dataset=held.rows if held else None,
                                   processing_class=tokenizer, callbacks=list(self.callbacks))
+        portable_wandb_config(trainer, machine_roots({"output_dir": os.path.abspath(os.environ.get("SERT_OUTPUT_DIR",
+                                                                                                  "outputs"))}))
         trainer.checkpoint_optimizer = self.config.checkpoint_optimizer
         if self.selector is not None:  # trainer.select: validation after each epoch's checkpoint
             from sert.training.select import hf_callback
