@@ -518,6 +518,8 @@ def test_study_v2_experiments_compose(exp):
     assert cfg.trainer.batch_size == 8 and cfg.trainer.lr == 3e-4
     assert cfg.generation.max_new_tokens == 256 and cfg.evaluate.max_new_tokens > cfg.teacher.max_tokens == 256
     assert cfg.evaluate.limit is None and cfg.dataset.limit == (2000 if exp == "study_v2_csqa" else None)
+    # committed W&B runs: no artifacts, which record their local staging path
+    assert cfg.logger.mode == "offline" and not cfg.logger.log_manifest and not cfg.logger.log_tables
     if exp != "study_v2":
         assert cfg.dataset.name == {"study_v2_sqa": "strategy_qa", "study_v2_csqa": "commonsense_qa"}[exp]
 
