@@ -84,7 +84,9 @@ def _fingerprint(model_kwargs: dict) -> list:
 
 def _identity(model_kwargs: dict) -> dict:
     """The keys that name the weights; local paths made absolute so ``~/x`` and ``/root/x`` agree."""
-    ident = {k: model_kwargs.get(k) for k in ("name_or_path", "gguf_file", "tokenizer", "random_init")}
+    from sert.models import weights_identity
+
+    ident = weights_identity(model_kwargs)
     for k in ("name_or_path", "tokenizer"):
         if ident[k] and Path(str(ident[k])).expanduser().exists():
             ident[k] = str(Path(str(ident[k])).expanduser().resolve())

@@ -333,10 +333,10 @@ def run(ctx):
     material = {"order": order, "filters": chain_cfg, "selector": sel_cfg, "source": source}
     ppl_model = f.get("ppl_model")
     if ppl_model:
-        from sert.models import model_spec
+        from sert.models import model_spec, weights_identity
 
         ppl_spec = model_spec(str(ppl_model))
-        material["ppl_model"] = {k: ppl_spec.get(k) for k in ("name_or_path", "gguf_file", "tokenizer", "random_init")}
+        material["ppl_model"] = weights_identity(ppl_spec)
 
     def build(d: Path) -> dict:
         cands = read_candidates(src, tokenizable=tokenize)

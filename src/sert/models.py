@@ -165,6 +165,12 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def weights_identity(spec: dict) -> dict:
+    """The loading arguments that name a model's weights (for cache keys): where they come from, not how they
+    are computed (dtype, device)."""
+    return {k: spec.get(k) for k in ("name_or_path", "gguf_file", "tokenizer", "random_init")}
+
+
 def model_spec(ref: str) -> dict:
     """``load_model`` keyword arguments for a model *reference*, as ``teacher.model`` / ``judge.model``
     accept it: the name of a ``conf/model/<name>.yaml`` config (e.g. ``smollm2-135m``), a local directory

@@ -19,9 +19,9 @@ from typing import Any
 
 
 def machine_roots(paths: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-    """(absolute prefix, placeholder) pairs, the longest prefix first: the run's cache and output directories
-    (``paths.cache_dir`` / ``paths.output_dir`` of its config), the Python environment, the source checkout, the
-    home directory."""
+    """(absolute prefix, placeholder) pairs, the longest prefix first: the run's cache, output and shared-data
+    directories (``paths.cache_dir`` / ``output_dir`` / ``shared_dir`` of its config, when absolute), the Python
+    environment, the source checkout, the home directory."""
     roots: dict[str, str] = {}
     home = os.path.expanduser("~")
     for key in ("shared_dir", "output_dir", "cache_dir"):

@@ -17,7 +17,7 @@ from sert.data import Record
 from sert.engine import DecodeStats, context_length, decode
 from sert.llm_client import LLMClient, api_stats, client_from_config, run_requests
 from sert.llm_requests import Request, ResponseCache, make_request, sampling_params
-from sert.models import tokenizer_for
+from sert.models import tokenizer_for, weights_identity
 from sert.teacher_data import teacher_rows
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class LocalTeacher:
             precision = self.spec["dtype"]
         else:
             precision = t.compute_type
-        self.identity = {"backend": t.backend, "precision": precision,
-                         **{k: self.spec.get(k) for k in ("name_or_path", "gguf_file", "tokenizer", "random_init")}}
+        self.identity = {"backend": t.backend, "precision": precision, **weights_identity(self.spec)}
         self.cache = ResponseCache.for_model(cache_dir, "local-" + stable_hash(self.identity))
         self.stats = DecodeStats()
         self.counts = {"requests": 0, "cache_hits": 0}

@@ -3,7 +3,6 @@ committed files alone, without checkpoints or the cache."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ def collect(src: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     for run in find_runs(src):
         target = dest / run.dir.relative_to(src)
         target.mkdir(parents=True, exist_ok=True)
-        roots = machine_roots(json.loads((run.dir / "run.json").read_text()).get("config", {}).get("paths"))
+        roots = machine_roots(run.config.get("paths"))
         copy_portable(run.dir / "run.json", target / "run.json", roots)
         overrides = run.dir / ".hydra" / "overrides.yaml"
         if overrides.is_file():
